@@ -1,0 +1,121 @@
+"""What each float op is, for quantization: one table every pass consults.
+
+``canonical_op(node, modules)`` names the op a node computes whatever its spelling
+(``nn.ReLU`` module, ``F.relu``, ``torch.relu``, ``x.relu()``). The kinds:
+
+- COMPUTE ops get their own output quantization parameters and an integer kernel;
+- SHARED ops do not change values (max-pool, reshape, relu on a quantized tensor…), so
+  they run on the int8 tensor and keep its parameters;
+- everything else stays in float, between dequantize and quantize.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+_MODULE_OPS = {
+    nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear",
+    nn.BatchNorm1d: "batch_norm", nn.BatchNorm2d: "batch_norm",
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh",
+    nn.MaxPool2d: "max_pool2d", nn.AvgPool2d: "avg_pool2d",
+    nn.AdaptiveAvgPool2d: "adaptive_avg_pool2d", nn.Flatten: "flatten",
+    nn.Dropout: "dropout", nn.Identity: "identity",
+}
+
+_FUNCTION_OPS = {
+    operator.add: "add", torch.add: "add", operator.iadd: "add",
+    operator.mul: "mul", torch.mul: "mul",
+    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardtanh: "hardtanh",
+    torch.clamp: "clamp", torch.clip: "clamp",
+    F.max_pool2d: "max_pool2d", F.avg_pool2d: "avg_pool2d",
+    F.adaptive_avg_pool2d: "adaptive_avg_pool2d",
+    torch.flatten: "flatten", torch.reshape: "reshape", torch.cat: "cat", torch.concat: "cat",
+    F.dropout: "dropout", torch.permute: "permute", torch.transpose: "transpose",
+    torch.squeeze: "squeeze", torch.unsqueeze: "unsqueeze",
+    F.batch_norm: "batch_norm", F.conv1d: "conv1d_functional",
+    F.conv2d: "conv2d_functional", F.linear: "linear_functional",
+}
+
+_METHOD_OPS = {
+    "add": "add", "mul": "mul", "relu": "relu", "clamp": "clamp", "clip": "clamp",
+    "flatten": "flatten", "reshape": "reshape", "view": "reshape", "permute": "permute",
+    "transpose": "transpose", "squeeze": "squeeze", "unsqueeze": "unsqueeze",
+    "contiguous": "identity",
+}
+
+#: ops with an integer kernel and their own output qparams
+COMPUTE_OPS = frozenset({"conv1d", "conv2d", "linear", "add", "mul", "avg_pool2d",
+                         "adaptive_avg_pool2d", "cat"})
+#: value-preserving ops that run on the quantized tensor with its qparams
+SHARED_OPS = frozenset({"max_pool2d", "flatten", "reshape", "permute", "transpose", "squeeze",
+                        "unsqueeze", "dropout", "identity", "relu"})
+#: activations that fold into the clamp of the op before them
+FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6", "hardtanh", "clamp"})
+#: ops with weights (a weight observer and per-channel parameters along axis 0)
+WEIGHTED_OPS = frozenset({"conv1d", "conv2d", "linear"})
+
+
+def canonical_op(node: fx.Node, modules: dict) -> Optional[str]:
+    if node.op == "call_module":
+        mod = modules.get(node.target)
+        for cls, name in _MODULE_OPS.items():
+            if type(mod) is cls:
+                return name
+        return None
+    if node.op == "call_function":
+        return _FUNCTION_OPS.get(node.target)
+    if node.op == "call_method":
+        return _METHOD_OPS.get(node.target)
+    return None
+
+
+def is_tensor_binary(node: fx.Node) -> bool:
+    """add/mul of two tensors (not tensor-and-scalar), the form with an integer kernel."""
+    args = [a for a in node.args[:2]]
+    return len(args) == 2 and all(isinstance(a, fx.Node) for a in args) and not node.kwargs
+
+
+def activation_bounds(node: fx.Node, modules: dict, op: str) -> Optional[tuple]:
+    """(min, max) of a fusable activation, or None if its arguments are not constants."""
+    if op == "relu":
+        return (0.0, None)
+    if op == "relu6":
+        return (0.0, 6.0)
+    if op == "hardtanh":
+        if node.op == "call_module":
+            m = modules[node.target]
+            return (float(m.min_val), float(m.max_val))
+        lo = node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0)
+        hi = node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0)
+    else:  # clamp
+        lo = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+        hi = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
+    if any(isinstance(v, fx.Node) for v in (lo, hi)):
+        return None
+    return (None if lo is None else float(lo), None if hi is None else float(hi))
+
+
+def produces_tensor(node: fx.Node) -> bool:
+    """Whether a node's value is a tensor (not x.size(0) or shape arithmetic).
+
+    Uses the shapes recorded by ``core.shapes.propagate_shapes`` when present.
+    """
+    from .meta import has_node_info, node_info  # local: meta is tiny, avoids a cycle at import
+    if has_node_info(node) and node_info(node).is_tensor is not None:
+        return node_info(node).is_tensor
+    if node.op in ("output", "get_attr"):
+        return node.op == "get_attr"
+    if node.op == "call_method" and node.target in ("size", "dim", "numel"):
+        return False
+    if node.op == "call_function" and node.target is getattr:
+        return False
+    inputs = [a for a in node.all_input_nodes]
+    if node.op == "call_function" and node.target in (operator.getitem, operator.floordiv, operator.add,
+                                                      operator.mul, operator.sub):
+        return any(produces_tensor(a) for a in inputs)
+    return True

@@ -1,0 +1,19 @@
+"""The default pass order, on one screen."""
+from __future__ import annotations
+
+from qcompiler.core.pass_manager import PassManager
+from qcompiler.passes import (Calibrate, ClipRanges, FoldBatchNorm, FusePatterns, FuseQDQ,
+                              InsertObservers, LowerToInteger)
+
+
+def default_pipeline() -> PassManager:
+    """float graph → INTEGER graph. Edit the returned manager to insert/replace/drop passes."""
+    return PassManager([
+        FoldBatchNorm(),      # FLOAT → BN_FOLDED          conv/linear + BN folded (float-preserving)
+        FusePatterns(),       # → FUSED                    conv/linear/add + relu/relu6/clamp marked
+        InsertObservers(),    # → OBSERVED                 QConfig ∩ target capabilities decide what is int8
+        Calibrate(),          # → CALIBRATED               batches streamed through observers
+        ClipRanges(),         # → RANGES_CHOSEN            minmax / percentile / MSE / entropy
+        FuseQDQ(),            # → QDQ                      quantize/dequantize pairs, fake-quant weights
+        LowerToInteger(),     # → INTEGER                  integer ops with explicit requantization
+    ])
