@@ -209,6 +209,7 @@ class PassManager:
                 ctx.current_node = None
             seconds = time.perf_counter() - start
             gm = result.graph_module
+            gm.recompile()                      # passes edit the graph; keep forward() in sync
             info = graph_info(gm)
             info.states = (set(states) - set(p.invalidates)) | set(p.establishes)
             for state in p.establishes:

@@ -86,6 +86,6 @@ class QParams:
 
     def __repr__(self) -> str:
         if self.per_channel:
-            return (f"QParams({self.qtype}, per-channel axis={self.axis}, "
-                    f"scale∈[{self.scale.min():.3g}, {self.scale.max():.3g}], C={self.scale.numel()})")
+            return (f"QParams({self.qtype}, axis={self.axis}, "
+                    f"scale=[{self.scale.min():.3g}..{self.scale.max():.3g}]×{self.scale.numel()})")
         return f"QParams({self.qtype}, scale={self.scale_float():.6g}, zp={self.zero_point_int()})"
