@@ -176,8 +176,12 @@ class QConv(IntegerOp):
         """The exact int32 accumulator Σ (x − zx)(w − zw) + bias, as int64."""
         dx = _centered(x, self.input_qparams[0])
         dw = _centered(self.weight, self.weight_qparams, [-1] + [1] * (self.dims + 1))
-        conv = F.conv1d if self.dims == 1 else F.conv2d
-        acc = conv(dx, dw, None, self.stride, self.padding, self.dilation, self.groups).to(torch.int64)
+        if self.groups > 1 and not isinstance(self.padding, str):
+            acc = _grouped_conv(dx, dw, self.stride, self.padding, self.dilation, self.groups, self.dims)
+        else:
+            conv = F.conv1d if self.dims == 1 else F.conv2d
+            acc = conv(dx, dw, None, self.stride, self.padding, self.dilation, self.groups)
+        acc = acc.to(torch.int64)
         if self.bias is not None:
             acc = acc + self.bias.to(torch.int64).reshape([-1] + [1] * self.dims)
         return acc
@@ -192,6 +196,37 @@ class QConv(IntegerOp):
     def extra_repr(self) -> str:
         return (f"{self.source_layer}: w{tuple(self.weight.shape)} {self.weight_qparams.qtype}, "
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, {self.requant}")
+
+
+def _pair(v, dims):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+
+
+def _grouped_conv(dx, dw, stride, padding, dilation, groups, dims):
+    """Grouped/depthwise convolution as a sum over kernel offsets (exact in float64).
+
+    torch's float64 grouped convolution takes a slow generic path; this one does one
+    batched product per kernel offset instead.
+    """
+    if dims == 1:
+        return _grouped_conv(dx.unsqueeze(-2), dw.unsqueeze(-2), (1,) + _pair(stride, 1),
+                             (0,) + _pair(padding, 1), (1,) + _pair(dilation, 1), groups, 2).squeeze(-2)
+    (sh, sw), (ph, pw), (dh, dwl) = _pair(stride, 2), _pair(padding, 2), _pair(dilation, 2)
+    n, c, h, w = dx.shape
+    o, i, kh, kw = dw.shape
+    x = F.pad(dx, (pw, pw, ph, ph)).reshape(n, groups, i, h + 2 * ph, w + 2 * pw)
+    wg = dw.reshape(groups, o // groups, i, kh, kw)
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dwl * (kw - 1) - 1) // sw + 1
+    acc = dx.new_zeros((n, groups, o // groups, ho, wo))
+    for a in range(kh):
+        for b in range(kw):
+            xs = x[..., a * dh: a * dh + sh * (ho - 1) + 1: sh, b * dwl: b * dwl + sw * (wo - 1) + 1: sw]
+            if i == 1 and o == groups:       # depthwise: one multiply per element
+                acc += xs * wg[:, :, 0, a, b].reshape(1, groups, 1, 1, 1)
+            else:
+                acc += torch.einsum("ngihw,goi->ngohw", xs, wg[..., a, b])
+    return acc.reshape(n, o, ho, wo)
 
 
 class QLinear(IntegerOp):

@@ -12,7 +12,9 @@ import torch
 
 from .qtypes import QParams, QType
 
-_F32_TINY = float(torch.finfo(torch.float32).tiny)
+# Smallest scale a range may get (as PyTorch's observers): a constant-zero tensor then
+# quantizes to its zero point and requantization multipliers stay bounded.
+MIN_SCALE = float(torch.finfo(torch.float32).eps)
 
 
 def _broadcast(p: torch.Tensor, x: torch.Tensor, axis) -> torch.Tensor:
@@ -69,7 +71,7 @@ def qparams_from_range(lo, hi, qtype: QType, *, symmetric: bool, axis=None) -> Q
     else:
         scale = (hi - lo) / float(qmax - qmin)
         zp = None
-    scale = torch.clamp(scale, min=_F32_TINY * 2**24).to(torch.float32)
+    scale = torch.clamp(scale, min=MIN_SCALE).to(torch.float32)
     if zp is None:
         zp = torch.clamp(qmin - torch.round(lo / scale.double()), qmin, qmax).to(torch.int64)
     if axis is None:
