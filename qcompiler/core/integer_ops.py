@@ -28,7 +28,7 @@ INT32_MAX = 2**31 - 1
 #: every op name an INTEGER graph can contain (targets declare the subset they support)
 INTEGER_OPS = frozenset({
     "quantize", "dequantize", "requantize", "conv1d", "conv2d", "linear", "add", "mul",
-    "avg_pool2d", "adaptive_avg_pool2d", "cat", "max_pool2d", "relu", "flatten", "reshape",
+    "avg_pool2d", "adaptive_avg_pool2d", "cat", "max_pool2d", "relu", "flatten", "unflatten", "reshape",
     "permute", "transpose", "squeeze", "unsqueeze", "dropout", "identity",
 })
 

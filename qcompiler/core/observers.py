@@ -33,7 +33,8 @@ def _aminmax(x: torch.Tensor, dim: Optional[int]) -> tuple[torch.Tensor, torch.T
     """(min, max) on the CPU; NaN propagates. numpy's reductions are much faster on CPU."""
     if x.device.type == "cpu":
         xn = x.numpy()
-        return torch.from_numpy(np.asarray(xn.min(axis=dim))), torch.from_numpy(np.asarray(xn.max(axis=dim)))
+        lo, hi = np.asarray(xn.min(axis=dim)), np.asarray(xn.max(axis=dim))
+        return torch.from_numpy(lo), torch.from_numpy(hi)
     lo, hi = torch.aminmax(x) if dim is None else torch.aminmax(x, dim=dim)
     return lo.cpu(), hi.cpu()
 
@@ -82,6 +83,7 @@ class Observer(torch.nn.Module):
         if other.axis != self.axis:
             raise ValueError(f"cannot merge observers with axis={other.axis} and axis={self.axis} "
                              f"(observer {self._name()})")
+        self._check_compatible(other)
         if other.has_data:
             if self.has_data:
                 self._merge(other)
@@ -107,6 +109,9 @@ class Observer(torch.nn.Module):
         self._reset_stats()
 
     # -- subclass hooks -------------------------------------------------------------------
+    def _check_compatible(self, other: "Observer") -> None:
+        """Raise ValueError if ``other`` was configured differently (data or not)."""
+
     def _update(self, x: torch.Tensor) -> None:
         raise NotImplementedError
 
@@ -232,10 +237,12 @@ class MovingAverageMinMaxObserver(_RangeObserver):
             self.min_val = self.min_val + c * (lo - self.min_val)
             self.max_val = self.max_val + c * (hi - self.max_val)
 
-    def _merge(self, other: "MovingAverageMinMaxObserver") -> None:
+    def _check_compatible(self, other: "MovingAverageMinMaxObserver") -> None:
         if other.averaging_constant != self.averaging_constant:
             raise ValueError(f"observer {self._name()}: cannot merge moving averages with "
                              f"constants {self.averaging_constant} and {other.averaging_constant}")
+
+    def _merge(self, other: "MovingAverageMinMaxObserver") -> None:
         self._check_channels(other.min_val)
         n1, n2 = self.num_batches, other.num_batches
 
@@ -282,10 +289,11 @@ class Histogram:
 
     def edges(self) -> np.ndarray:
         """The len(counts)+1 bin edges, float64 (exact: small integers times 2^e)."""
-        return (self.first_bin + np.arange(len(self.counts) + 1, dtype=np.float64)) * self.bin_width
+        k = self.first_bin + np.arange(len(self.counts) + 1, dtype=np.float64)
+        return k * self.bin_width
 
     def centers(self) -> np.ndarray:
-        return (self.first_bin + 0.5 + np.arange(len(self.counts), dtype=np.float64)) * self.bin_width
+        return self.edges()[:-1] + 0.5 * self.bin_width
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-bin [a, b] intervals clipped to the data range [lo, hi] (float64).
@@ -342,14 +350,22 @@ def _bin_counts(x: torch.Tensor, e: int, first: int, n: int) -> np.ndarray:
 
     float64 makes the division by 2^e exact (float32 could underflow a tiny negative value
     to -0 and misplace it), and floor(...) - first is then an exact small integer.
+    numpy is much faster than torch for this on the CPU; other devices count in place.
     """
-    scale = math.ldexp(1.0, -e)
     if x.device.type == "cpu":
-        y = x.reshape(-1).numpy().astype(np.float64) * scale
-        np.floor(y, out=y)
-        y -= first
-        return np.bincount(y.astype(np.intp), minlength=n).astype(np.int64)
-    idx = torch.floor(x.reshape(-1).double() * scale).long() - first
+        return _bin_counts_numpy(x, e, first, n)
+    return _bin_counts_torch(x, e, first, n)
+
+
+def _bin_counts_numpy(x: torch.Tensor, e: int, first: int, n: int) -> np.ndarray:
+    y = x.reshape(-1).numpy().astype(np.float64) * math.ldexp(1.0, -e)
+    np.floor(y, out=y)
+    y -= first
+    return np.bincount(y.astype(np.intp), minlength=n).astype(np.int64)
+
+
+def _bin_counts_torch(x: torch.Tensor, e: int, first: int, n: int) -> np.ndarray:
+    idx = torch.floor(x.reshape(-1).double() * math.ldexp(1.0, -e)).long() - first
     return torch.bincount(idx, minlength=n).cpu().numpy().astype(np.int64)
 
 
@@ -405,10 +421,12 @@ class HistogramObserver(Observer):
         self._lo, self._hi = lo, hi
         self._zeros += _count_zeros(x)
 
-    def _merge(self, other: "HistogramObserver") -> None:
+    def _check_compatible(self, other: "HistogramObserver") -> None:
         if other.max_bins != self.max_bins:
             raise ValueError(f"observer {self._name()}: cannot merge histograms with "
                              f"max_bins={self.max_bins} and {other.max_bins}")
+
+    def _merge(self, other: "HistogramObserver") -> None:
         lo, hi = min(self._lo, other._lo), max(self._hi, other._hi)
         e, first, n = self._grid_for(lo, hi)
         counts = self._rebinned(e, first, n)
@@ -418,9 +436,6 @@ class HistogramObserver(Observer):
         self._zeros += other._zeros
 
     def _copy_stats(self, other: "HistogramObserver") -> None:
-        if other.max_bins != self.max_bins:
-            raise ValueError(f"observer {self._name()}: cannot merge histograms with "
-                             f"max_bins={self.max_bins} and {other.max_bins}")
         self._counts = other._counts.copy()
         self._exponent, self._first_bin = other._exponent, other._first_bin
         self._lo, self._hi = other._lo, other._hi

@@ -36,7 +36,7 @@ _FUNCTION_OPS = {
     F.adaptive_avg_pool2d: "adaptive_avg_pool2d",
     torch.flatten: "flatten", torch.reshape: "reshape", torch.cat: "cat", torch.concat: "cat",
     F.dropout: "dropout", torch.permute: "permute", torch.transpose: "transpose",
-    torch.squeeze: "squeeze", torch.unsqueeze: "unsqueeze",
+    torch.squeeze: "squeeze", torch.unsqueeze: "unsqueeze", torch.unflatten: "unflatten",
     F.batch_norm: "batch_norm", F.conv1d: "conv1d_functional",
     F.conv2d: "conv2d_functional", F.linear: "linear_functional",
 }
@@ -45,15 +45,15 @@ _METHOD_OPS = {
     "add": "add", "mul": "mul", "relu": "relu", "clamp": "clamp", "clip": "clamp",
     "flatten": "flatten", "reshape": "reshape", "view": "reshape", "permute": "permute",
     "transpose": "transpose", "squeeze": "squeeze", "unsqueeze": "unsqueeze",
-    "contiguous": "identity",
+    "contiguous": "identity", "unflatten": "unflatten",
 }
 
 #: ops with an integer kernel and their own output qparams
 COMPUTE_OPS = frozenset({"conv1d", "conv2d", "linear", "add", "mul", "avg_pool2d",
                          "adaptive_avg_pool2d", "cat"})
 #: value-preserving ops that run on the quantized tensor with its qparams
-SHARED_OPS = frozenset({"max_pool2d", "flatten", "reshape", "permute", "transpose", "squeeze",
-                        "unsqueeze", "dropout", "identity", "relu"})
+SHARED_OPS = frozenset({"max_pool2d", "flatten", "unflatten", "reshape", "permute", "transpose",
+                        "squeeze", "unsqueeze", "dropout", "identity", "relu"})
 #: activations that fold into the clamp of the op before them
 FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6", "hardtanh", "clamp"})
 #: ops with weights (a weight observer and per-channel parameters along axis 0)

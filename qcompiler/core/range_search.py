@@ -13,7 +13,8 @@ a last bin that is a single point, when the max lies on a bin edge, is a point m
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch
 from .observers import Histogram, HistogramObserver, Observer
 from .qconfig import RANGE_METHODS
 from .qtypes import QType
-from .quantize import dequantize, fake_quantize, qparams_from_range
+from .quantize import qparams_from_range, quantize
 
 __all__ = ["choose_range", "percentile_range", "mse_range", "entropy_range",
            "expected_sq_error"]
@@ -29,6 +30,7 @@ __all__ = ["choose_range", "percentile_range", "mse_range", "entropy_range",
 _COARSE_STEPS = 128     # MSE search: fractions k/128 of the full range ...
 _FINE_STEPS = 64        # ... then 64 steps between the best one's neighbours
 _KL_EPS = 1e-12         # probability given to Q where P has mass and Q has none
+_KL_MAX_BINS = 2048     # |x| bins from 0 for the KL search (data far from 0 is coarsened)
 
 
 def choose_range(observer: Observer, method: str, qtype: QType, *, symmetric: bool,
@@ -48,9 +50,7 @@ def choose_range(observer: Observer, method: str, qtype: QType, *, symmetric: bo
         raise ValueError(f"range method {method!r} for layer {name} needs a histogram; "
                          f"got a {type(observer).__name__}: use observer='histogram'")
     hist = observer.histogram()
-    if hist.lo == hist.hi:
-        lo, hi = hist.lo, hist.hi
-    elif method == "percentile":
+    if method == "percentile":
         lo, hi = percentile_range(hist, percentile, symmetric=symmetric)
     elif method == "mse":
         lo, hi = mse_range(hist, qtype, symmetric=symmetric)
@@ -69,23 +69,34 @@ def _bounds(edges: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.nda
     return np.clip(edges[:-1], lo, hi), np.clip(edges[1:], lo, hi)
 
 
-def _magnitude(hist: Histogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Histogram of |x| on the same grid, bins j = 0.. covering [j·w, (j+1)·w).
+def _magnitude(hist: Histogram) -> Histogram:
+    """The histogram of |x| on the same grid.
 
     A negative bin k, [k·w, (k+1)·w), holds |x| in ((-k-1)·w, -k·w], i.e. bin -k-1: exact
-    except for values on a bin edge, which move one bin. Returns (counts, a, b) with the
-    bins clipped to the range of |x|.
+    except for values on a bin edge, which move one bin. Its lo/hi are min|x| (0 when the
+    data straddles 0) and max|x|.
     """
     k = hist.first_bin + np.arange(len(hist.counts), dtype=np.int64)
     j = np.where(k >= 0, k, -k - 1)
-    counts = np.zeros(int(j.max()) + 1, dtype=np.int64)
-    np.add.at(counts, j, hist.counts)
-    last = int(np.flatnonzero(counts)[-1])
-    counts = counts[:last + 1]
+    first = int(j.min())
+    counts = np.zeros(int(j.max()) - first + 1, dtype=np.int64)
+    np.add.at(counts, j - first, hist.counts)
     amax = max(-hist.lo, hist.hi)
     amin = 0.0 if hist.lo <= 0 <= hist.hi else min(abs(hist.lo), abs(hist.hi))
-    edges = np.arange(len(counts) + 1, dtype=np.float64) * hist.bin_width
-    return (counts, *_bounds(edges, amin, amax))
+    return Histogram(counts, hist.bin_width, first, amin, amax, hist.zeros)
+
+
+def _from_zero(hist: Histogram, max_bins: int) -> tuple[np.ndarray, float]:
+    """(counts, w): a histogram of non-negative data re-expressed on bins 0, 1, … (width w),
+    coarsened by exact pair merges until it has at most ``max_bins`` bins."""
+    shift = 0
+    last = hist.first_bin + len(hist.counts) - 1
+    while (last >> shift) + 1 > max_bins:
+        shift += 1
+    idx = (hist.first_bin + np.arange(len(hist.counts), dtype=np.int64)) >> shift
+    counts = np.zeros(int(idx[-1]) + 1, dtype=np.int64)
+    np.add.at(counts, idx, hist.counts)
+    return counts, hist.bin_width * 2.0 ** shift
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,9 +120,12 @@ def percentile_range(hist: Histogram, percentile: float, *, symmetric: bool) -> 
     """
     if not 50.0 < percentile <= 100.0:
         raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+    if hist.lo == hist.hi:
+        return hist.lo, hist.hi
     q = percentile / 100.0
     if symmetric:
-        t = _quantile(*_magnitude(hist), q)
+        mag = _magnitude(hist)
+        t = _quantile(mag.counts, *_bounds(mag.edges(), mag.lo, mag.hi), q)
         return max(-t, hist.lo), min(t, hist.hi)
     a, b = _bounds(hist.edges(), hist.lo, hist.hi)
     lo = _quantile(hist.counts, a, b, 1.0 - q) if hist.lo < 0 else hist.lo
@@ -130,7 +144,8 @@ def _cube(x: np.ndarray) -> np.ndarray:
 def _sawtooth_integral(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     """∫ from -s/2 to x of r(t)² dt, where r(t) = t - s·round(t/s) is the rounding error.
 
-    With x = n·s + f, |f| ≤ s/2: n whole periods give s³/12 each, the partial one (f³ + s³/8)/3.
+    With x = n·s + f, |f| ≤ s/2: n whole periods give s³/12 each, the last part
+    (f³ + s³/8)/3.
     """
     n = np.rint(x / s)
     f = x - n * s
@@ -138,51 +153,70 @@ def _sawtooth_integral(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     return n * (s3 / 12.0) + (_cube(f) + s3 / 8.0) / 3.0
 
 
-def _bin_errors(a: np.ndarray, b: np.ndarray, s: np.ndarray, low: np.ndarray,
-                high: np.ndarray) -> np.ndarray:
-    """Mean of (x - fq(x))² for x uniform on each bin [a, b], one row per candidate.
+def _error_antiderivative(x: np.ndarray, s: np.ndarray, low: np.ndarray,
+                          high: np.ndarray) -> np.ndarray:
+    """F(x) with F' = (x - fq(x))², one row per candidate quantizer.
 
     fq rounds to the grid s·ℤ (a zero point is an integer, so the levels stay multiples of
-    s) and clamps to [low, high], the lowest and highest levels: the error is a sawtooth
-    inside, (x - low)² below and (x - high)² above; each part is integrated exactly.
+    s) and clamps to [low, high], its lowest and highest levels: the error is the sawtooth
+    inside, (x - low)² below and (x - high)² above.
     """
-    below = _cube(low - np.minimum(a, low)) - _cube(low - np.minimum(b, low))
-    above = _cube(np.maximum(b, high) - high) - _cube(np.maximum(a, high) - high)
-    inside = (_sawtooth_integral(np.clip(b, low, high), s)
-              - _sawtooth_integral(np.clip(a, low, high), s))
-    width = b - a
-    return ((below + above) / 3.0 + inside) / np.where(width > 0, width, 1.0)
+    below = _cube(low - np.minimum(x, low))
+    above = _cube(np.maximum(x, high) - high)
+    return _sawtooth_integral(np.clip(x, low, high), s) + (above - below) / 3.0
 
 
-def _error_model(hist: Histogram) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(weights, a, b, total): the non-empty bins, clipped to [lo, hi], as uniform densities.
+class _ErrorModel(NamedTuple):
+    """The histogram as a piecewise-constant density d plus point masses.
 
-    Exact zeros are taken out of their bin (a quantizer represents 0 exactly, so they add
-    no error but still count in the mean); empty bins are dropped, which only saves work.
+    Σ_k d_k·(F(e_{k+1}) − F(e_k)) = Σ_j F(e_j)·(d_{j−1} − d_j), so each candidate needs F
+    only at the knots e_j where the density changes, with weights ``coef`` = d_{j−1} − d_j.
+    """
+
+    knots: np.ndarray
+    coef: np.ndarray
+    points: np.ndarray
+    point_counts: np.ndarray
+    total: float
+
+
+def _error_model(hist: Histogram) -> _ErrorModel:
+    """Uniform density inside each bin, the bins clipped to [lo, hi].
+
+    A bin clipped to a single point (the max on a bin edge) is a point mass. Exact zeros
+    are taken out of their bin: a quantizer represents 0 exactly, so they add no error
+    (but still count in the mean).
     """
     counts = hist.counts.astype(np.float64)
     if hist.zeros:
         counts[-hist.first_bin] -= hist.zeros
-    a, b = _bounds(hist.edges(), hist.lo, hist.hi)
-    keep = counts > 0
-    return counts[keep], a[keep], b[keep], float(hist.total)
+    edges = np.clip(hist.edges(), hist.lo, hist.hi)
+    width = np.diff(edges)
+    is_point = (width <= 0) & (counts > 0)
+    density = np.where(width > 0, counts / np.where(width > 0, width, 1.0), 0.0)
+    padded = np.concatenate([[0.0], density, [0.0]])
+    coef = padded[:-1] - padded[1:]                         # d_{j-1} - d_j at edge j
+    keep = coef != 0
+    return _ErrorModel(edges[keep], coef[keep], edges[:-1][is_point], counts[is_point],
+                       float(hist.total))
 
 
-def _errors(model, lo, hi, qtype: QType, symmetric: bool) -> np.ndarray:
+def _errors(model: _ErrorModel, lo, hi, qtype: QType, symmetric: bool) -> np.ndarray:
     """Mean squared quantization error under the error model for each candidate range."""
-    weights, a, b, total = model
     lo, hi = np.atleast_1d(lo).astype(np.float64), np.atleast_1d(hi).astype(np.float64)
     qp = qparams_from_range(torch.from_numpy(lo), torch.from_numpy(hi), qtype,
                             symmetric=symmetric, axis=0)
-    limits = torch.tensor([qtype.qmin, qtype.qmax]).expand(len(lo), 2)
-    levels = dequantize(limits, qp).double().numpy()           # the exact clamp values
+    # dequantized values in float64: dequantize's float32 product overflows at the far
+    # ends of the float32 range, and elsewhere differs from it by at most an ulp
     s = qp.scale.double().numpy()[:, None]
-    err = _bin_errors(a[None, :], b[None, :], s, levels[:, :1], levels[:, 1:])
-    points = np.flatnonzero(b <= a)
-    if len(points):                                             # point masses: evaluate fq there
-        x = torch.from_numpy(a[points]).float().expand(len(lo), len(points))
-        err[:, points] = ((x - fake_quantize(x, qp)).double() ** 2).numpy()
-    return err @ weights / total
+    zp = qp.zero_point.numpy()[:, None]
+    low, high = (qtype.qmin - zp) * s, (qtype.qmax - zp) * s
+    total = _error_antiderivative(model.knots[None, :], s, low, high) @ model.coef
+    if len(model.points):               # point masses: quantize them as quantize.quantize does
+        x = torch.from_numpy(model.points).float().expand(len(lo), len(model.points))
+        q = quantize(x, qp).numpy().astype(np.int64)
+        total += ((model.points - (q - zp) * s) ** 2) @ model.point_counts
+    return total / model.total
 
 
 def expected_sq_error(hist: Histogram, lo, hi, qtype: QType, *, symmetric: bool) -> np.ndarray:
@@ -195,12 +229,14 @@ def expected_sq_error(hist: Histogram, lo, hi, qtype: QType, *, symmetric: bool)
     return _errors(_error_model(hist), lo, hi, qtype, symmetric)
 
 
-def _search_fraction(objective: Callable[[np.ndarray], np.ndarray]) -> float:
+def _search_fraction(objective: Callable[[np.ndarray], np.ndarray],
+                     incumbent: float = 1.0) -> float:
     """argmin over fractions f in (0, 1] of objective(f): a coarse grid, then a finer grid
-    between the best coarse point's neighbours. f = 1 (no clipping) is always a candidate."""
+    between the best coarse point's neighbours. f = 1 (no clipping) and ``incumbent`` are
+    candidates, so the result is never worse than either."""
     coarse = np.arange(1, _COARSE_STEPS + 1, dtype=np.float64) / _COARSE_STEPS
-    errs = objective(coarse)
-    best = coarse[int(np.argmin(errs))]
+    coarse = np.concatenate([coarse, [incumbent]])
+    best = coarse[int(np.argmin(objective(coarse)))]
     step = 1.0 / _COARSE_STEPS
     fine = np.linspace(max(best - step, step / _FINE_STEPS), min(best + step, 1.0), _FINE_STEPS)
     fine = np.concatenate([[best], fine])
@@ -215,6 +251,8 @@ def mse_range(hist: Histogram, qtype: QType, *, symmetric: bool) -> tuple[float,
     then hi alone, then lo alone. Each stage keeps the previous optimum as a candidate, so
     the estimated error never exceeds that of minmax.
     """
+    if hist.lo == hist.hi:
+        return hist.lo, hist.hi
     model = _error_model(hist)
 
     def err(lo, hi):
@@ -235,8 +273,8 @@ def mse_range(hist: Histogram, qtype: QType, *, symmetric: bool) -> tuple[float,
 
     f_lo = f_hi = _search_fraction(lambda f: err(*candidates(f, f)))
     if move_lo and move_hi:
-        f_hi = _search_fraction(lambda f: err(*candidates(np.full_like(f, f_lo), f)))
-        f_lo = _search_fraction(lambda f: err(*candidates(f, np.full_like(f, f_hi))))
+        f_hi = _search_fraction(lambda f: err(*candidates(np.full_like(f, f_lo), f)), f_hi)
+        f_lo = _search_fraction(lambda f: err(*candidates(f, np.full_like(f, f_hi))), f_lo)
     lo, hi = candidates(np.float64(f_lo), np.float64(f_hi))
     return float(lo), float(hi)
 
@@ -260,6 +298,8 @@ def _kl_divergence(counts: np.ndarray, i: int, tail: int, levels: int) -> float:
     nonzero = np.add.reduceat(support.astype(np.int64), starts)
     sizes = np.diff(np.append(starts, i))
     q = np.repeat(totals / np.maximum(nonzero, 1), sizes) * support
+    if q.sum() == 0:                        # everything is beyond the threshold
+        return math.inf
     p, q = p[support] / p.sum(), q[support] / q.sum()
     q = np.where(q > 0, q, _KL_EPS)
     return float(np.sum(p * np.log(p / q)))
@@ -283,21 +323,26 @@ def entropy_range(hist: Histogram, qtype: QType, *, symmetric: bool) -> tuple[fl
     """TensorRT-style threshold: minimize KL(P‖Q) between the histogram of |x| clipped at a
     candidate threshold t (P) and its quantization to the qtype's levels (Q).
 
-    The search runs on |x| with threshold candidates at every bin edge. Levels: the whole
-    qtype range (256 for uint8) for an asymmetric one-sided distribution, whose range is
-    [min, t] (or [-t, max]); half of it (128 for int8) when the range is symmetric or the
-    data two-sided. Two-sided asymmetric data gets [-t, t] ∩ [min, max]: one threshold on
-    |x|, a robust choice (one histogram, one search) at the price of ignoring skew.
+    The search runs on a histogram of |x| from 0 (at most 2048 bins: data far from 0 is
+    coarsened, since the range reaches 0 anyway), with a candidate at every bin edge.
+    Levels: the whole qtype range (256 for uint8) for asymmetric one-sided data, whose
+    range is [min, t] (or [-t, max]); half of it (128 for int8) when the range is symmetric
+    or the data two-sided. Two-sided asymmetric data gets [-t, t] ∩ [min, max]: one
+    threshold on |x|, a robust choice (one histogram, one search) that ignores skew.
+
     Exact zeros are left out of P and Q: 0 is always a level, and otherwise the spike of a
     ReLU output at 0, smeared by Q over its chunk, dominates the divergence and drives the
-    threshold far too low.
+    threshold far too low. Like TensorRT's, this criterion weighs clipped values by their
+    probability, not their distance: a 0.1% population of large outliers gets clipped
+    (use "mse" when such outliers matter).
     """
+    if hist.lo == hist.hi:
+        return hist.lo, hist.hi
     span = qtype.qmax - qtype.qmin + 1
     one_sided = hist.lo >= 0 or hist.hi <= 0
     levels = span if (one_sided and not symmetric) else span // 2
-    counts, _, b = _magnitude(hist)
-    counts = counts.copy()
+    mag = _magnitude(hist)
+    counts, w = _from_zero(mag, _KL_MAX_BINS)
     counts[0] -= hist.zeros                 # exact zeros cost nothing: leave them out of P, Q
-    i = _kl_threshold(counts, levels)
-    t = float(b[i - 1])                     # upper edge of the last kept bin (≤ max|x|)
+    t = min(_kl_threshold(counts, levels) * w, mag.hi)     # the last kept bin's upper edge
     return max(-t, hist.lo), min(t, hist.hi)

@@ -81,7 +81,7 @@ def _check_trace(model, gm, example_inputs) -> None:
         expected, got = model(*example_inputs), gm(*example_inputs)
     flat_e, flat_g = _flatten(expected), _flatten(got)
     if len(flat_e) != len(flat_g) or not all(
-            torch.allclose(e, g, rtol=1e-4, atol=1e-5) for e, g in zip(flat_e, flat_g)):
+            torch.allclose(e, g, rtol=1e-4, atol=1e-5, equal_nan=True) for e, g in zip(flat_e, flat_g)):
         raise TraceError(f"the traced {type(model).__name__} does not reproduce the eager model on "
                          "example_inputs; a branch was probably fixed during tracing — pass "
                          "concrete_args or leaf_modules for the part that depends on input values")
