@@ -142,15 +142,14 @@ def _cube(x: np.ndarray) -> np.ndarray:
 
 
 def _sawtooth_integral(x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """∫ from -s/2 to x of r(t)² dt, where r(t) = t - s·round(t/s) is the rounding error.
+    """∫ from 0 to x of r(t)² dt, where r(t) = t - s·round(t/s) is the rounding error.
 
-    With x = n·s + f, |f| ≤ s/2: n whole periods give s³/12 each, the last part
-    (f³ + s³/8)/3.
+    With x = n·s + f, |f| ≤ s/2: n whole periods give s³/12 each, the rest f³/3.
+    Anchored at 0 so that it is small (and exact) for data near 0, whatever s.
     """
     n = np.rint(x / s)
     f = x - n * s
-    s3 = _cube(s)
-    return n * (s3 / 12.0) + (_cube(f) + s3 / 8.0) / 3.0
+    return n * (_cube(s) / 12.0) + _cube(f) / 3.0
 
 
 def _error_antiderivative(x: np.ndarray, s: np.ndarray, low: np.ndarray,
