@@ -22,6 +22,9 @@ class _Tracer(fx.Tracer):
         self._leaf_names = set(leaf_names)
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        from .observers import Observer          # observers stay calls when re-tracing
+        if isinstance(m, Observer):
+            return True
         if qualname in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
             return True
         return super().is_leaf_module(m, qualname)
