@@ -18,9 +18,9 @@ from qcompiler.core.quantize import qparams_from_range
 from qcompiler.core.range_search import choose_range
 
 
-def qparams_for(observer: Observer, spec, percentile: float):
+def qparams_for(observer: Observer, spec, cfg):
     lo, hi = choose_range(observer, spec.range_method, spec.qtype, symmetric=spec.symmetric,
-                          percentile=percentile)
+                          percentile=cfg.percentile, clip_penalty=cfg.clip_penalty)
     return qparams_from_range(lo, hi, spec.qtype, symmetric=spec.symmetric, axis=observer.axis)
 
 
@@ -35,12 +35,10 @@ class ClipRanges(Pass):
         for node in ctx.nodes(gm):
             if node.op == "call_module" and isinstance(modules.get(node.target), Observer):
                 cfg = node_info(node).qconfig
-                node_info(node).output_qparams = qparams_for(modules[node.target], cfg.activation,
-                                                             cfg.percentile)
+                node_info(node).output_qparams = qparams_for(modules[node.target], cfg.activation, cfg)
                 changes[f"activations_{cfg.activation.range_method}"] += 1
             elif has_node_info(node) and node_info(node).weight_observer is not None:
                 cfg = node_info(node).qconfig
-                node_info(node).weight_qparams = qparams_for(node_info(node).weight_observer,
-                                                             cfg.weight, cfg.percentile)
+                node_info(node).weight_qparams = qparams_for(node_info(node).weight_observer, cfg.weight, cfg)
                 changes["weights"] += 1
         return PassResult(gm, changes)

@@ -225,3 +225,18 @@ def test_bad_method_and_missing_data():
     for method in RANGE_METHODS:
         with pytest.raises(CalibrationError, match="stem"):
             choose_range(o, method, UINT8, symmetric=False)
+
+
+def test_clip_penalty_widens_the_mse_range_monotonically():
+    from qcompiler.core.observers import HistogramObserver
+    from qcompiler.core.qtypes import UINT8
+    from qcompiler.core.range_search import choose_range
+
+    g = torch.Generator().manual_seed(3)
+    obs = HistogramObserver()
+    obs(torch.relu(torch.randn(200_000, generator=g)) ** 1.5)      # a long right tail
+    his = [float(choose_range(obs, "mse", UINT8, symmetric=False, clip_penalty=p)[1])
+           for p in (1.0, 4.0, 64.0)]
+    assert his[0] < his[1] <= his[2] <= float(obs.min_max()[1])
+    plain = choose_range(obs, "mse", UINT8, symmetric=False)
+    assert float(plain[1]) == his[0]                                # default is plain MSE

@@ -34,12 +34,13 @@ _KL_MAX_BINS = 2048     # |x| bins from 0 for the KL search (data far from 0 is 
 
 
 def choose_range(observer: Observer, method: str, qtype: QType, *, symmetric: bool,
-                 percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+                 percentile: float = 99.99, clip_penalty: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The clipping range (lo, hi) as float32 tensors (per channel if the observer is).
 
     method: ``"minmax"`` (any observer), or ``"percentile"``, ``"mse"``, ``"entropy"``
     (which need a HistogramObserver). ``symmetric`` says how the range will be quantized
     (as qparams_from_range will be called), so the searches optimize that quantizer.
+    ``clip_penalty`` weighs clipping error against rounding error in the MSE search.
     """
     if method not in RANGE_METHODS:
         raise ValueError(f"unknown range method {method!r}; choose one of {RANGE_METHODS}")
@@ -53,7 +54,7 @@ def choose_range(observer: Observer, method: str, qtype: QType, *, symmetric: bo
     if method == "percentile":
         lo, hi = percentile_range(hist, percentile, symmetric=symmetric)
     elif method == "mse":
-        lo, hi = mse_range(hist, qtype, symmetric=symmetric)
+        lo, hi = mse_range(hist, qtype, symmetric=symmetric, clip_penalty=clip_penalty)
     else:
         lo, hi = entropy_range(hist, qtype, symmetric=symmetric)
     # float32 rounding of a value inside [lo, hi] stays inside: lo and hi are float32
@@ -153,7 +154,7 @@ def _sawtooth_integral(x: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def _error_antiderivative(x: np.ndarray, s: np.ndarray, low: np.ndarray,
-                          high: np.ndarray) -> np.ndarray:
+                          high: np.ndarray, clip_penalty: float = 1.0) -> np.ndarray:
     """F(x) with F' = (x - fq(x))², one row per candidate quantizer.
 
     fq rounds to the grid s·ℤ (a zero point is an integer, so the levels stay multiples of
@@ -162,7 +163,7 @@ def _error_antiderivative(x: np.ndarray, s: np.ndarray, low: np.ndarray,
     """
     below = _cube(low - np.minimum(x, low))
     above = _cube(np.maximum(x, high) - high)
-    return _sawtooth_integral(np.clip(x, low, high), s) + (above - below) / 3.0
+    return _sawtooth_integral(np.clip(x, low, high), s) + clip_penalty * (above - below) / 3.0
 
 
 class _ErrorModel(NamedTuple):
@@ -200,8 +201,10 @@ def _error_model(hist: Histogram) -> _ErrorModel:
                        float(hist.total))
 
 
-def _errors(model: _ErrorModel, lo, hi, qtype: QType, symmetric: bool) -> np.ndarray:
-    """Mean squared quantization error under the error model for each candidate range."""
+def _errors(model: _ErrorModel, lo, hi, qtype: QType, symmetric: bool,
+            clip_penalty: float = 1.0) -> np.ndarray:
+    """Mean squared quantization error under the error model for each candidate range,
+    the part from values outside the range weighted by ``clip_penalty``."""
     lo, hi = np.atleast_1d(lo).astype(np.float64), np.atleast_1d(hi).astype(np.float64)
     qp = qparams_from_range(torch.from_numpy(lo), torch.from_numpy(hi), qtype,
                             symmetric=symmetric, axis=0)
@@ -210,11 +213,13 @@ def _errors(model: _ErrorModel, lo, hi, qtype: QType, symmetric: bool) -> np.nda
     s = qp.scale.double().numpy()[:, None]
     zp = qp.zero_point.numpy()[:, None]
     low, high = (qtype.qmin - zp) * s, (qtype.qmax - zp) * s
-    total = _error_antiderivative(model.knots[None, :], s, low, high) @ model.coef
+    total = _error_antiderivative(model.knots[None, :], s, low, high, clip_penalty) @ model.coef
     if len(model.points):               # point masses: quantize them as quantize.quantize does
         x = torch.from_numpy(model.points).float().expand(len(lo), len(model.points))
         q = quantize(x, qp).numpy().astype(np.int64)
-        total += ((model.points - (q - zp) * s) ** 2) @ model.point_counts
+        clipped = (model.points < low) | (model.points > high)
+        weight = np.where(clipped, clip_penalty, 1.0)
+        total += (weight * (model.points - (q - zp) * s) ** 2) @ model.point_counts
     return total / model.total
 
 
@@ -242,7 +247,8 @@ def _search_fraction(objective: Callable[[np.ndarray], np.ndarray],
     return float(fine[int(np.argmin(objective(fine)))])
 
 
-def mse_range(hist: Histogram, qtype: QType, *, symmetric: bool) -> tuple[float, float]:
+def mse_range(hist: Histogram, qtype: QType, *, symmetric: bool,
+              clip_penalty: float = 1.0) -> tuple[float, float]:
     """The range minimizing the expected squared error (see ``expected_sq_error``).
 
     Symmetric: a threshold t = f·max|x| for the range [-t, t] ∩ [min, max]. Asymmetric: the
@@ -255,7 +261,7 @@ def mse_range(hist: Histogram, qtype: QType, *, symmetric: bool) -> tuple[float,
     model = _error_model(hist)
 
     def err(lo, hi):
-        return _errors(model, lo, hi, qtype, symmetric)
+        return _errors(model, lo, hi, qtype, symmetric, clip_penalty)
 
     if symmetric:
         amax = max(-hist.lo, hist.hi)

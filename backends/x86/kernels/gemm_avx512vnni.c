@@ -1,0 +1,182 @@
+/* int8 GEMM micro-kernel, AVX-512 VNNI: vpdpbusd zmm, u8 x s8 groups of 4, exact int32.
+ *
+ * Tile: MR rows x NR columns = MR x NR/16 zmm accumulators (6 x 64: 24 zmm, + 4 zmm of W,
+ * + 1 broadcast of A). Per K group of 4: NR/16 loads of packed W (16 columns x 4 k each),
+ * MR 4-byte broadcasts of A (vpbroadcastd from the A row), MR * NR/16 vpdpbusd.
+ * Packed W: KR = 4, int8 (gemm_common.h). The K tail (K % 4) reads only the bytes that
+ * exist (the packed W is zero there), so nothing past A[m, K-1] is ever read.
+ *
+ * With QC_EMULATE_VNNI defined the same source builds for AVX-512F/BW only: every
+ * vpdpbusd becomes its exact emulation (vnni_emulation.h), entry qc_gemm_avx512vnni_emu.
+ */
+#include <immintrin.h>
+#include "gemm_common.h"
+#include "vnni_emulation.h"
+#include "epilogue_avx512.h"
+
+#ifndef QC_AVX512VNNI_MR
+#define QC_AVX512VNNI_MR 6
+#endif
+#ifndef QC_AVX512VNNI_NR
+#define QC_AVX512VNNI_NR 64
+#endif
+#ifndef QC_AVX512VNNI_MC
+#define QC_AVX512VNNI_MC 0
+#endif
+#ifndef QC_AVX512VNNI_KC
+#define QC_AVX512VNNI_KC 0
+#endif
+
+#define MR QC_AVX512VNNI_MR
+#define NR QC_AVX512VNNI_NR
+#define KR 4
+#define ELEM 1
+#define A_ELEM 1
+#define MC QC_AVX512VNNI_MC
+#define KC QC_AVX512VNNI_KC
+#define NV (NR / 16)
+#if NR % 16 != 0
+#error "QC_AVX512VNNI_NR must be a multiple of 16"
+#endif
+
+#pragma GCC push_options
+#if defined(QC_EMULATE_VNNI) || defined(QC_NO_NATIVE_VNNI)
+#pragma GCC target("avx512f,avx512bw,avx512vl")
+#else
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+#endif
+#ifdef QC_EMULATE_VNNI
+#define QC_FN(name) QC_CAT(name, avx512vnni_emu)
+#define QC_DPBUSD(acc, a, b) qc_emu_dpbusd512(acc, a, b)
+#else
+#define QC_FN(name) QC_CAT(name, avx512vnni)
+#define QC_DPBUSD(acc, a, b) _mm512_dpbusd_epi32(acc, a, b)
+#endif
+
+#if !defined(QC_NO_NATIVE_VNNI) || defined(QC_EMULATE_VNNI)
+
+static inline __attribute__((always_inline)) void
+QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, int64_t groups,
+            int rem, int32_t *scr, int first, int last, int64_t row0, int64_t n0)
+{
+    __m512i acc[MR][NV];
+    const int64_t lda = t->lda_bytes;
+#pragma GCC unroll 16
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = first ? _mm512_loadu_si512((const void *)(t->bias + n0 + 16 * v))
+                              : _mm512_loadu_si512((const void *)(scr + i * NR + 16 * v));
+    const uint8_t *ap = a;
+    for (int64_t g = 0; g < groups; g++) {
+        __m512i bv[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_si512((const void *)(b + 64 * v));
+        b += NR * 4;
+#pragma GCC unroll 16
+        for (int i = 0; i < mr; i++) {
+            int32_t x;
+            memcpy(&x, ap + i * lda, 4);
+            const __m512i av = _mm512_set1_epi32(x);
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++) acc[i][v] = QC_DPBUSD(acc[i][v], av, bv[v]);
+        }
+        ap += 4;
+    }
+    if (rem) {
+        __m512i bv[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_si512((const void *)(b + 64 * v));
+#pragma GCC unroll 16
+        for (int i = 0; i < mr; i++) {
+            const __m512i av = _mm512_set1_epi32(qc_load_partial4(ap + i * lda, rem));
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++) acc[i][v] = QC_DPBUSD(acc[i][v], av, bv[v]);
+        }
+    }
+    if (!last) {
+#pragma GCC unroll 16
+        for (int i = 0; i < mr; i++)
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++)
+                _mm512_storeu_si512((void *)(scr + i * NR + 16 * v), acc[i][v]);
+        return;
+    }
+    const int64_t nvalid = t->n - n0;
+#pragma GCC unroll 16
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; v++) {
+            const int64_t cnt = nvalid - 16 * v;
+            if (cnt > 0) qc_store16(t, acc[i][v], row0 + i, n0 + 16 * v, cnt >= 16 ? 16 : (int)cnt);
+        }
+}
+
+#include "gemm_driver.h"
+
+static int QC_FN(cpu_ok)(void)
+{
+    __builtin_cpu_init();
+#ifdef QC_EMULATE_VNNI
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+}
+
+QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
+{
+    int err = qc_validate(p, NR, KR, ELEM);
+    if (err != QC_OK) return err;
+    if (!QC_FN(cpu_ok)()) return QC_ERR_ISA;
+    qc_task t;
+    qc_task_init(&t, p);
+    return QC_FN(run)(&t, qc_threads(p));
+}
+
+/* the instruction itself (or its emulation) on nvec vectors, for the desc/impl tests */
+QC_EXPORT int QC_FN(qc_dpbusd512)(const int32_t *acc, const uint8_t *a, const int8_t *b,
+                                  int32_t *out, int64_t nvec)
+{
+    if (acc == NULL || a == NULL || b == NULL || out == NULL) return QC_ERR_NULL;
+    if (nvec <= 0) return QC_ERR_SIZE;
+    if (!QC_FN(cpu_ok)()) return QC_ERR_ISA;
+    for (int64_t i = 0; i < nvec; i++) {
+        __m512i r = QC_DPBUSD(_mm512_loadu_si512((const void *)(acc + 16 * i)),
+                              _mm512_loadu_si512((const void *)(a + 64 * i)),
+                              _mm512_loadu_si512((const void *)(b + 64 * i)));
+        _mm512_storeu_si512((void *)(out + 16 * i), r);
+    }
+    return QC_OK;
+}
+
+#else  /* the compiler cannot target AVX-512 VNNI: the native entry exists but reports it */
+
+QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
+{
+    int err = qc_validate(p, NR, KR, ELEM);
+    return err != QC_OK ? err : QC_ERR_ISA;
+}
+
+QC_EXPORT int QC_FN(qc_dpbusd512)(const int32_t *acc, const uint8_t *a, const int8_t *b,
+                                  int32_t *out, int64_t nvec)
+{
+    (void)acc; (void)a; (void)b; (void)out; (void)nvec;
+    return QC_ERR_ISA;
+}
+
+#endif
+
+#pragma GCC pop_options
+#undef QC_FN
+#undef QC_DPBUSD
+#undef MR
+#undef NR
+#undef KR
+#undef ELEM
+#undef A_ELEM
+#undef MC
+#undef KC
+#undef NV

@@ -1,0 +1,281 @@
+/* qcompiler x86 int8 GEMM: the C ABI, input validation and the scalar epilogue.
+ *
+ *   C[m, n] = requant( sum_k A[m, k] * W[n, k] + bias'[n] )
+ *
+ * A is uint8 [M, K] (row stride lda), W int8 [N, K] packed ahead of time into panels
+ * (layout below), bias' the packed int32 bias with the zero-point compensation
+ * -za * sum_k W[n, k] already folded in, so the kernels accumulate sum A*W directly.
+ * All int32 arithmetic wraps (two's complement): the true accumulator fits int32 (proved
+ * when lowering), so wrapped partial sums give it exactly in any order.
+ *
+ * Packed W layout (per ISA: NR columns per panel, KR consecutive k per group, element
+ * size ELEM bytes: int8, or int16 for the AVX2 vpmaddwd path):
+ *     panel p = n / NR, group g = k / KR
+ *     byte offset = (((p * (k_pad / KR) + g) * NR + n % NR) * KR + k % KR) * ELEM
+ * with N padded to n_pad = ceil(N / NR) * NR and K to k_pad = ceil(K / KR) * KR by zeros.
+ * bias / mult / m0 / shift are arrays of n_pad entries (padding entries must be valid).
+ *
+ * This file is included into one translation unit (gemm_dispatch.c) together with every
+ * ISA file; each ISA file sets its own `#pragma GCC target` region.
+ */
+#ifndef QC_GEMM_COMMON_H
+#define QC_GEMM_COMMON_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define QC_GEMM_ABI_VERSION 1
+#define QC_EXPORT __attribute__((visibility("default")))
+
+/* error codes (qc_strerror gives the text) */
+enum {
+    QC_OK = 0,
+    QC_ERR_NULL = 1,        /* a required pointer is NULL */
+    QC_ERR_SIZE = 2,        /* m, n or k not positive (or too large) */
+    QC_ERR_STRIDE = 3,      /* lda < k or ldc < n */
+    QC_ERR_LAYOUT = 4,      /* packed weights do not match the kernel's layout */
+    QC_ERR_ISA = 5,         /* this CPU (or this build) lacks the requested ISA */
+    QC_ERR_PARAM = 6,       /* bad requant / output parameters */
+    QC_ERR_NOMEM = 7,       /* scratch allocation failed */
+    QC_ERR_ABI = 8,         /* struct_size mismatch: caller built against another ABI */
+    QC_ERR_THREADS = 9      /* negative thread count */
+};
+
+/* ISA ids; the *_EMU variants are the VNNI sources compiled with QC_EMULATE_VNNI
+ * (exact emulation of vpdpbusd with AVX2 / AVX-512BW instructions). */
+enum {
+    QC_ISA_AUTO = 0,
+    QC_ISA_SCALAR = 1,
+    QC_ISA_AVX2 = 2,
+    QC_ISA_AVXVNNI = 3,
+    QC_ISA_AVX512VNNI = 4,
+    QC_ISA_AVXVNNI_EMU = 5,
+    QC_ISA_AVX512VNNI_EMU = 6,
+    QC_ISA_COUNT = 7
+};
+
+enum { QC_REQUANT_NONE = 0, QC_REQUANT_FP32 = 1, QC_REQUANT_FIXED_POINT = 2 };
+enum { QC_OUT_U8 = 0, QC_OUT_S8 = 1, QC_OUT_I32 = 2, QC_OUT_F32 = 3 };
+
+typedef struct qc_gemm_args {
+    uint32_t struct_size;      /* = sizeof(qc_gemm_args) */
+    int32_t isa;               /* QC_ISA_*; AUTO = best the CPU supports (CPUID) */
+    int64_t m, n, k;           /* logical sizes, all > 0 */
+    const uint8_t *a;          /* [m, k] uint8, row stride lda (elements) */
+    int64_t lda;
+    const void *b;             /* packed weights (layout above) */
+    int64_t b_bytes;           /* size of the packed buffer: checked against the layout */
+    int32_t b_nr, b_kr, b_elem;/* layout the weights were packed with */
+    int32_t requant_mode;      /* QC_REQUANT_*; NONE only with QC_OUT_I32 */
+    const int32_t *bias;       /* [n_pad] packed bias (zero-point compensation folded in) */
+    const float *mult;         /* [n_pad] fp32 mode: float32 multipliers */
+    const int32_t *m0;         /* [n_pad] fixed_point mode: M0 in [0, 2^31) */
+    const int32_t *shift;      /* [n_pad] fixed_point mode: t in [1, 62] */
+    int32_t zero_point;        /* output zero point */
+    int32_t qmin, qmax;        /* output clamp (type bounds narrowed by a fused relu) */
+    float out_scale;           /* QC_OUT_F32: out = (float)(q - zero_point) * out_scale */
+    int32_t out_type;          /* QC_OUT_* */
+    void *c;                   /* [m, n] output, row stride ldc (elements) */
+    int64_t ldc;
+    int32_t threads;           /* 0: OpenMP default; > 0: at most that many */
+} qc_gemm_args;
+
+/* what one kernel call needs, shared by every thread (read-only during the run) */
+typedef struct qc_task {
+    const qc_gemm_args *args;
+    const uint8_t *a;          /* A as the kernel reads it (the int16 copy for AVX2) */
+    int64_t lda_bytes;
+    int64_t m, n, k;           /* k: the K the kernel iterates (k_pad for AVX2) */
+    const uint8_t *b;
+    int64_t kgroups;           /* k_pad / KR: groups per panel */
+    int64_t mc, kc;            /* cache blocking: rows per M block, K per K block */
+    int32_t *scratch;          /* per-thread int32 partial sums when K is blocked */
+    int64_t scratch_per_thread;
+    int32_t mode, out_type;
+    const int32_t *bias;
+    const float *mult;
+    const int32_t *m0, *shift;
+    int32_t zo, lo, hi;
+    float out_scale;
+    uint8_t *c;
+    int64_t ldc;
+} qc_task;
+
+typedef void (*qc_worker_fn)(const void *task, int tid, int nt);
+
+/* runs fn(task, tid, nt) on up to nt threads: OpenMP when built with -fopenmp (its pool
+ * persists between calls; torch ships the same libgomp.so.1, so one runtime is shared),
+ * else serially. The worker partitions by the team size it actually gets. */
+static void qc_parallel_run(qc_worker_fn fn, const void *task, int nt)
+{
+#ifdef _OPENMP
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        fn(task, omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    fn(task, 0, 1);
+}
+
+/* threads for a call: the caller's count, or the OpenMP default */
+static inline int qc_threads(const qc_gemm_args *p)
+{
+    if (p->threads > 0) return p->threads;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static inline int64_t qc_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t qc_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ------------------------------------------------------------------------------------ */
+/* validation: everything is checked before any pointer is dereferenced                   */
+/* ------------------------------------------------------------------------------------ */
+
+static int qc_validate(const qc_gemm_args *p, int nr, int kr, int elem)
+{
+    if (p == NULL) return QC_ERR_NULL;
+    if (p->struct_size != sizeof(qc_gemm_args)) return QC_ERR_ABI;
+    if (p->m <= 0 || p->n <= 0 || p->k <= 0) return QC_ERR_SIZE;
+    if (p->m > INT32_MAX || p->n > INT32_MAX || p->k > INT32_MAX) return QC_ERR_SIZE;
+    if (p->a == NULL || p->b == NULL || p->bias == NULL || p->c == NULL) return QC_ERR_NULL;
+    if (p->lda < p->k || p->ldc < p->n) return QC_ERR_STRIDE;
+    if (p->threads < 0) return QC_ERR_THREADS;
+    if (p->b_nr != nr || p->b_kr != kr || p->b_elem != elem) return QC_ERR_LAYOUT;
+    {
+        int64_t n_pad = qc_ceil_div(p->n, nr) * nr, k_pad = qc_ceil_div(p->k, kr) * kr;
+        if (p->b_bytes != n_pad * k_pad * elem) return QC_ERR_LAYOUT;
+    }
+    switch (p->out_type) {
+    case QC_OUT_I32:
+        if (p->requant_mode != QC_REQUANT_NONE) return QC_ERR_PARAM;
+        return QC_OK;
+    case QC_OUT_U8:
+        if (p->qmin < 0 || p->qmax > 255) return QC_ERR_PARAM;
+        break;
+    case QC_OUT_S8:
+        if (p->qmin < -128 || p->qmax > 127) return QC_ERR_PARAM;
+        break;
+    case QC_OUT_F32:
+        if (!(p->out_scale == p->out_scale)) return QC_ERR_PARAM;   /* NaN */
+        if (p->qmin < -(1 << 20) || p->qmax > (1 << 20)) return QC_ERR_PARAM;
+        break;
+    default:
+        return QC_ERR_PARAM;
+    }
+    if (p->qmin > p->qmax) return QC_ERR_PARAM;
+    /* keeps |q - zero_point| < 2^22: exact in float32 and in qc_round_even_f32 */
+    if (p->zero_point < -(1 << 20) || p->zero_point > (1 << 20)) return QC_ERR_PARAM;
+    {
+        int64_t n_pad = qc_ceil_div(p->n, nr) * nr;
+        if (p->requant_mode == QC_REQUANT_FP32) {
+            if (p->mult == NULL) return QC_ERR_NULL;
+            for (int64_t j = 0; j < n_pad; j++) {
+                float f = p->mult[j];
+                if (!(f == f) || f > 3.0e38f || f < -3.0e38f) return QC_ERR_PARAM;  /* NaN/inf */
+            }
+        } else if (p->requant_mode == QC_REQUANT_FIXED_POINT) {
+            if (p->m0 == NULL || p->shift == NULL) return QC_ERR_NULL;
+            for (int64_t j = 0; j < n_pad; j++)
+                if (p->m0[j] < 0 || p->shift[j] < 1 || p->shift[j] > 62) return QC_ERR_PARAM;
+        } else {
+            return QC_ERR_PARAM;
+        }
+    }
+    return QC_OK;
+}
+
+/* fills the fields every ISA shares; the ISA entry then sets a, lda_bytes, k, blocking */
+static void qc_task_init(qc_task *t, const qc_gemm_args *p)
+{
+    memset(t, 0, sizeof *t);
+    t->args = p;
+    t->a = p->a;
+    t->lda_bytes = p->lda;
+    t->m = p->m; t->n = p->n; t->k = p->k;
+    t->b = (const uint8_t *)p->b;
+    t->mode = p->requant_mode; t->out_type = p->out_type;
+    t->bias = p->bias; t->mult = p->mult; t->m0 = p->m0; t->shift = p->shift;
+    t->zo = p->zero_point; t->lo = p->qmin; t->hi = p->qmax;
+    t->out_scale = p->out_scale;
+    t->c = (uint8_t *)p->c;
+    t->ldc = p->ldc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* scalar epilogue (the specification the vector epilogues are tested against)            */
+/* ------------------------------------------------------------------------------------ */
+
+/* round half to even of |y| < 2^22 with float adds only (no libm, no FMA: the file is
+ * compiled with -ffp-contract=off); under the default round-to-nearest-even mode */
+static inline float qc_round_even_f32(float y)
+{
+    const float magic = 12582912.0f;   /* 1.5 * 2^23 */
+    volatile float t = y + magic;      /* volatile: keep the two roundings apart */
+    return t - magic;
+}
+
+/* requantized, clamped integer q (zero point added) of one accumulator of channel j */
+static inline int32_t qc_requant_scalar(const qc_task *t, int32_t acc, int64_t j)
+{
+    int64_t lo = (int64_t)t->lo - t->zo, hi = (int64_t)t->hi - t->zo, q;
+    if (t->mode == QC_REQUANT_FP32) {
+        float y = (float)acc * t->mult[j];          /* one IEEE float32 multiply */
+        if (y < (float)lo) y = (float)lo;            /* clamp first: bounds are integers, */
+        if (y > (float)hi) y = (float)hi;            /* so round(clamp) == clamp(round)   */
+        q = (int64_t)qc_round_even_f32(y);
+    } else {
+        int s = t->shift[j];
+        int64_t prod = (int64_t)acc * (int64_t)t->m0[j] + ((int64_t)1 << (s - 1));
+        q = prod >> s;                              /* arithmetic shift (GCC semantics) */
+        if (q < lo) q = lo;
+        if (q > hi) q = hi;
+    }
+    return (int32_t)(q + t->zo);
+}
+
+/* writes one output element (row i, channel j) from a wrapped int32 accumulator */
+static inline void qc_store_scalar(const qc_task *t, int64_t i, int64_t j, int32_t acc)
+{
+    if (t->out_type == QC_OUT_I32) {
+        ((int32_t *)t->c)[i * t->ldc + j] = acc;
+        return;
+    }
+    int32_t q = qc_requant_scalar(t, acc, j);
+    switch (t->out_type) {
+    case QC_OUT_U8: t->c[i * t->ldc + j] = (uint8_t)q; break;
+    case QC_OUT_S8: ((int8_t *)t->c)[i * t->ldc + j] = (int8_t)q; break;
+    default: ((float *)t->c)[i * t->ldc + j] = (float)(q - t->zo) * t->out_scale; break;
+    }
+}
+
+/* loads the last n (< 4) bytes of a K group without reading past them */
+static inline int32_t qc_load_partial4(const uint8_t *p, int n)
+{
+    uint32_t x = 0;
+    for (int i = 0; i < n; i++) x |= (uint32_t)p[i] << (8 * i);
+    return (int32_t)x;
+}
+
+/* picks how threads share the work: split the N panels when there are enough of them
+ * to balance, else split the M tiles */
+static inline int qc_split_n(int64_t panels, int64_t mtiles, int nt)
+{
+    if (nt <= 1) return 1;
+    if (panels >= nt && (panels % nt == 0 || panels >= 4 * nt)) return 1;
+    return mtiles < nt;
+}
+
+#define QC_CAT_(a, b) a##_##b
+#define QC_CAT(a, b) QC_CAT_(a, b)
+
+#endif /* QC_GEMM_COMMON_H */
