@@ -279,3 +279,28 @@ def test_user_model_is_not_modified():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     qcompiler.quantize(model, [torch.randn(4, 3, 8, 8)], progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_asymmetric_weights_and_moving_average_observer():
+    cfg = QConfig(activation=TensorSpec("uint8", symmetric=False, observer="moving_average"),
+                  weight=TensorSpec("int8", symmetric=False, granularity="per_channel"))
+    model = small_cnn()
+    qm = qcompiler.quantize(model, [torch.randn(8, 3, 8, 8) for _ in range(3)], config=cfg, progress=False)
+    conv = next(m for m in qm.integer_ops() if isinstance(m, QConv))
+    assert conv.weight_qparams.qtype.name == "int8" and bool((conv.weight_qparams.zero_point != 0).any())
+    x = torch.randn(4, 3, 8, 8)
+    assert sqnr_db(model(x), qm(x)) > 25
+
+
+def test_conv1d_model_end_to_end():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(),
+                          nn.Conv1d(8, 8, 3, stride=2, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 7, 3))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 4, 16))
+    model.eval()
+    qm = qcompiler.quantize(model, [torch.randn(8, 4, 16)], progress=False)
+    assert integer_op_names(qm) == ["conv1d", "conv1d", "linear"]
+    x = torch.randn(4, 4, 16)
+    assert sqnr_db(model(x), qm(x)) > 25
