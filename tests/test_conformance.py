@@ -1,0 +1,128 @@
+"""Backend conformance: every registered, available target equals the reference
+interpreter bit for bit, per integer op and per whole graph, in both requantization modes.
+
+A backend author registers the target and runs this file; nothing here names a backend.
+"""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qcompiler
+from qcompiler import QConfig, TensorSpec
+from qcompiler.zoo import prepare_random_model, smooth_random_images
+
+TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
+modes = st.sampled_from(["fp32", "fixed_point"])
+
+
+def assert_bit_exact(model, inputs, target, mode="fp32", act="uint8"):
+    cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    qm = qcompiler.quantize(model.eval(), [args], config=cfg, progress=False)
+    compiled = qcompiler.compile(qm, target=target)
+    assert torch.equal(compiled(*args), qm(*args)), f"{target} differs from the reference"
+
+
+class Conv(nn.Module):
+    def __init__(self, cin, cout, k, stride, padding, groups, act):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, padding, groups=groups)
+        self.act = act
+
+    def forward(self, x):
+        y = self.conv(x)
+        return F.relu(y) if self.act == "relu" else (F.relu6(y) if self.act == "relu6" else y)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@settings(max_examples=15)
+@given(groups=st.integers(1, 3), cpg=st.integers(1, 8), opg=st.integers(1, 8), k=st.sampled_from([1, 3, 5]),
+       stride=st.integers(1, 2), padding=st.integers(0, 2), act=st.sampled_from(["none", "relu", "relu6"]),
+       mode=modes, act_dtype=st.sampled_from(["uint8", "int8"]), seed=st.integers(0, 2**16))
+def test_conv2d(target, groups, cpg, opg, k, stride, padding, act, mode, act_dtype, seed):
+    torch.manual_seed(seed)
+    model = Conv(groups * cpg, groups * opg, k, stride, padding, groups, act)
+    assert_bit_exact(model, torch.randn(2, groups * cpg, 9, 8), target, mode, act_dtype)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@settings(max_examples=10)
+@given(channels=st.sampled_from([8, 32, 40]), stride=st.integers(1, 2), mode=modes, seed=st.integers(0, 2**16))
+def test_depthwise_conv(target, channels, stride, mode, seed):
+    torch.manual_seed(seed)
+    assert_bit_exact(Conv(channels, channels, 3, stride, 1, channels, "relu6"), torch.randn(1, channels, 10, 10),
+                     target, mode)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@settings(max_examples=15)
+@given(k=st.integers(1, 300), n=st.integers(1, 70), m=st.integers(1, 9), mode=modes, seed=st.integers(0, 2**16))
+def test_linear(target, k, n, m, mode, seed):
+    torch.manual_seed(seed)
+    assert_bit_exact(nn.Sequential(nn.Linear(k, n), nn.ReLU()), torch.randn(m, k), target, mode)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+def test_extreme_operands_large_k(target, mode):
+    """All-255 activations against −127 weights with K = 4096: where vpmaddubsw saturates."""
+    model = nn.Sequential(nn.Linear(4096, 16)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(-1.0)
+        model[0].weight[::2] = 1.0
+    x = torch.ones(3, 4096)
+    x[1] = torch.rand(4096)
+    assert_bit_exact(model, x, target, mode)
+
+
+class Elementwise(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x, y):
+        if self.op == "add_relu":
+            return F.relu(x + y)
+        if self.op == "mul":
+            return x * y
+        return torch.cat([x, y], 1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("op", ["add_relu", "mul", "cat"])
+@pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+def test_elementwise(target, op, mode):
+    torch.manual_seed(0)
+    assert_bit_exact(Elementwise(op), (torch.randn(2, 4, 5, 5), 3 * torch.rand(2, 4, 5, 5)), target, mode)
+
+
+class Pools(nn.Module):
+    def forward(self, x):
+        a = F.max_pool2d(x, 3, 2, 1)
+        b = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+        return a + b, F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+def test_pools(target, mode):
+    torch.manual_seed(0)
+    model = Pools().eval()
+    x = torch.randn(2, 6, 9, 9)
+    cfg = QConfig(requant_mode=mode)
+    qm = qcompiler.quantize(model, [x], config=cfg, progress=False)
+    compiled = qcompiler.compile(qm, target=target)
+    for got, ref in zip(compiled(x), qm(x)):
+        assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_whole_models(target, name):
+    model = prepare_random_model(name, calib_images=8, size=64, num_classes=10)
+    x = smooth_random_images(2, size=64, seed=7)
+    qm = qcompiler.quantize(model, [smooth_random_images(4, size=64)], progress=False)
+    assert torch.equal(qcompiler.compile(qm, target=target)(x), qm(x))
