@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
-from qcompiler.core.meta import GraphState
+from qcompiler.core.meta import GraphState, has_node_info, node_info
 from qcompiler.core.observers import CalibrationError
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 
@@ -41,14 +41,31 @@ class Calibrate(Pass):
         n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
         batches = elements = 0
         total = len(ctx.calibration_data) if hasattr(ctx.calibration_data, "__len__") else None
-        with torch.no_grad():
-            for batch in tqdm(ctx.calibration_data, total=total, desc="calibrate", unit="batch",
-                              disable=not ctx.progress, leave=False):
-                inputs = batch_inputs(batch, n_inputs)
-                gm(*inputs)
-                batches += 1
-                elements += sum(t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim())
+        hooks = self._record_input_means(gm)
+        try:
+            with torch.no_grad():
+                for batch in tqdm(ctx.calibration_data, total=total, desc="calibrate", unit="batch",
+                                  disable=not ctx.progress, leave=False):
+                    inputs = batch_inputs(batch, n_inputs)
+                    gm(*inputs)
+                    batches += 1
+                    elements += sum(t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim())
+        finally:
+            for hook in hooks:
+                hook.remove()
         if batches == 0:
             raise CalibrationError("the calibration data yielded no batches; give at least one "
                                    "batch of representative inputs")
         return PassResult(gm, Counter(batches=batches, samples=elements))
+
+    @staticmethod
+    def _record_input_means(gm: fx.GraphModule) -> list:
+        """Forward pre-hooks feeding each quantized layer's input to its ChannelMean."""
+        hooks = []
+        for node in gm.graph.nodes:
+            stats = node_info(node).input_mean if has_node_info(node) else None
+            if stats is not None and node.op == "call_module":
+                def hook(module, args, stats=stats):
+                    stats.update(args[0])
+                hooks.append(gm.get_submodule(node.target).register_forward_pre_hook(hook))
+        return hooks

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 
 from qcompiler.core.graph_utils import add_module
+from qcompiler.core.input_stats import ChannelMean
 from qcompiler.core.meta import GraphState, graph_info, node_info
 from qcompiler.core.observers import make_observer
 from qcompiler.core.op_table import (COMPUTE_OPS, SHARED_OPS, WEIGHTED_OPS, canonical_op,
@@ -112,6 +113,8 @@ class InsertObservers(Pass):
                 observe(value, cfg)
             if op in WEIGHTED_OPS:
                 self._observe_weight(node, modules[node.target], cfg)
+                if cfg.bias_correction:
+                    node_info(node).input_mean = ChannelMean(axis=-1 if op == "linear" else 1)
                 changes["weight_observers"] += 1
             act = node_info(node).fused_activation
             out = next(iter(node.users)) if act is not None else node

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from qcompiler.core.pass_manager import PassManager
-from qcompiler.passes import (Calibrate, ClipRanges, FoldBatchNorm, FusePatterns, FuseQDQ,
-                              InsertObservers, LowerToInteger)
+from qcompiler.passes import (Calibrate, ClipRanges, CorrectBias, FoldBatchNorm, FusePatterns,
+                              FuseQDQ, InsertObservers, LowerToInteger)
 
 
 def default_pipeline() -> PassManager:
@@ -14,6 +14,7 @@ def default_pipeline() -> PassManager:
         InsertObservers(),    # → OBSERVED                 QConfig ∩ target capabilities decide what is int8
         Calibrate(),          # → CALIBRATED               batches streamed through observers
         ClipRanges(),         # → RANGES_CHOSEN            minmax / percentile / MSE / entropy
+        CorrectBias(),        #   (float bias edit)        bias −= (W_q − W)·E[x], weight-rounding shift
         FuseQDQ(),            # → QDQ                      quantize/dequantize pairs, fake-quant weights
         LowerToInteger(),     # → INTEGER                  integer ops with explicit requantization
     ])

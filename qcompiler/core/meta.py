@@ -58,8 +58,10 @@ class NodeInfo:
     dtype: Optional[object] = None
     # insert_observers: the recipe this layer is quantized with (QConfig ∩ capabilities)
     qconfig: Optional[object] = None
-    # insert_observers: weight statistics of a conv/linear
+    # insert_observers: weight statistics of a conv/linear; calibrate: its input's
+    # per-channel mean (core.input_stats.ChannelMean), for correct_bias
     weight_observer: Optional[object] = None
+    input_mean: Optional[object] = None
     # insert_observers: the layer kept in float, and why
     float_reason: Optional[str] = None
     # clip_ranges: qparams of this node's output (observer nodes) / weight

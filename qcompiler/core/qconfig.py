@@ -58,6 +58,8 @@ class QConfig:
     # is averaged by every following dot product. 4 measured best on ResNet-18/MobileNetV2
     # (benchmarks/sqnr_models.py); 1 is the plain MSE.
     clip_penalty: float = 4.0
+    # subtract the mean output shift caused by weight rounding (passes/correct_bias.py)
+    bias_correction: bool = True
     overrides: Mapping[str, Optional["QConfig"]] = field(default_factory=dict)
 
     def __post_init__(self):
