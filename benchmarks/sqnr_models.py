@@ -62,8 +62,19 @@ def _qcompiler_flow(model, calib, example, args):
         raise FlowUnavailable(f"qcompiler.quantize: {e}") from e
     kwargs = {}
     if args.config is not None:
-        kwargs["config"] = args.config
-    return quantize(model, calib, example_inputs=(example,), **kwargs)
+        kwargs["config"] = qcompiler.QConfig(**_parse_config(args.config))
+    return quantize(model, calib, example_inputs=(example,), progress=False, **kwargs)
+
+
+def _parse_config(text: str) -> dict:
+    """'clip_penalty=1,bias_correction=False' -> QConfig keyword arguments."""
+    import ast
+
+    fields = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        fields[key.strip()] = ast.literal_eval(value.strip())
+    return fields
 
 
 FLOWS: Dict[str, Flow] = {
@@ -210,7 +221,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0, help="torch seed of the random init")
     p.add_argument("--config", default=None,
-                   help="configuration name passed to qcompiler.quantize(config=...)")
+                   help="QConfig fields for the qcompiler flow, e.g. 'clip_penalty=1,bias_correction=False'")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--markdown", metavar="PATH", default=None,
                    help=f"write the table into PATH under '{SECTION}'")
