@@ -1,0 +1,178 @@
+"""End-to-end latency and SQNR of int8 paths vs float, side by side, per model and batch.
+
+    python benchmarks/end_to_end.py [--models resnet18 mobilenet_v2 mlp digits] [--batches 1 8]
+                                    [--paths ...] [--markdown docs/benchmarks.md]
+
+Paths: PyTorch fp32 eager (the baseline), PyTorch FX int8 (x86 engine), ONNX Runtime int8
+(static QDQ, per-channel, `quantize_static`), qcompiler on the reference interpreter, and
+every code-generating qcompiler target that is available here (e.g. ``x86``). Every path is
+calibrated on the same batches and timed in the same run (median of repeats, warm-up
+first, 2 threads each); the table gives each path's latency, its speed-up over fp32, and
+its output SQNR against the float model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Callable, Dict, List
+
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [p for p in (os.path.dirname(_HERE), _HERE) if p not in sys.path]
+
+from peers import pytorch_fx_int8, sqnr_db  # noqa: E402
+
+import qcompiler  # noqa: E402
+from qcompiler.zoo import calibration_batches, prepare_random_model, sample_inputs  # noqa: E402
+
+SECTION = "## End-to-end latency (issue 3)"
+THREADS = 2
+
+
+def load_model(name: str, batch: int):
+    """(float model, calibration batches, evaluation input of the given batch size)."""
+    if name == "digits":
+        from qcompiler.zoo.digits import get_trained_digits_cnn, load_digits_split
+        split = load_digits_split()
+        model = get_trained_digits_cnn()
+        calib = list(split.x_train.split(128))
+        return model, calib, split.x_test[:batch]
+    if name == "mlp":
+        model = prepare_random_model("mlp")
+        calib = [sample_inputs("mlp", 64, seed=s) for s in (1, 2, 3, 4)]
+        return model, calib, sample_inputs("mlp", batch)
+    model = prepare_random_model(name, calib_images=64, batch_size=16)
+    return model, calibration_batches(4, 8), sample_inputs(name, batch)
+
+
+def ort_int8(model, calib, example) -> Callable:
+    import onnxruntime as ort
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": b.numpy()} for b in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    tmp = tempfile.mkdtemp(prefix="qc_ort_")
+    fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), fp32, dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
+    quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(int8, opts, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+
+
+def build_paths(model, calib, example, wanted: List[str]) -> Dict[str, Callable]:
+    paths: Dict[str, Callable] = {"pytorch_fp32": model}
+    builders = {
+        "pytorch_fx_int8": lambda: pytorch_fx_int8(model, calib, example),
+        "onnxruntime_int8": lambda: ort_int8(model, calib, example),
+    }
+    qm = None
+    for name in wanted:
+        try:
+            if name in builders:
+                paths[name] = builders[name]()
+            elif name.startswith("qcompiler_"):
+                target = name.removeprefix("qcompiler_")
+                qm = qm or qcompiler.quantize(model, calib, example_inputs=(example,), progress=False)
+                if target == "reference":
+                    paths[name] = qm
+                else:
+                    start = time.perf_counter()
+                    paths[name] = qcompiler.compile(qm, target=target)
+                    paths[name].compile_seconds = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
+            print(f"  {name}: not available ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
+    return paths
+
+
+def median_latency_ms(fn: Callable, x: torch.Tensor, budget_s: float) -> float:
+    with torch.no_grad():
+        fn(x)                                          # warm-up (and lazy init)
+        times, start = [], time.perf_counter()
+        while len(times) < 5 or (time.perf_counter() - start < budget_s and len(times) < 200):
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2", "mlp", "digits"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    targets = [t for t, (ok, _) in qcompiler.available_targets().items() if ok and t != "reference"]
+    p.add_argument("--paths", nargs="+", default=["pytorch_fx_int8", "onnxruntime_int8", "qcompiler_reference"]
+                   + [f"qcompiler_{t}" for t in targets])
+    p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per path")
+    p.add_argument("--markdown", metavar="PATH")
+    args = p.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    warnings.filterwarnings("ignore")
+    rows = []
+    for name in args.models:
+        for batch in args.batches:
+            model, calib, x = load_model(name, batch)
+            print(f"{name} batch {batch}", file=sys.stderr)
+            paths = build_paths(model, calib, x, args.paths)
+            with torch.no_grad():
+                ref = model(x)
+            base = None
+            for path, fn in paths.items():
+                budget = args.budget if path != "qcompiler_reference" else min(args.budget, 1.0)
+                ms = median_latency_ms(fn, x, budget)
+                base = base or ms
+                with torch.no_grad():
+                    sqnr = sqnr_db(ref, fn(x).float()) if path != "pytorch_fp32" else float("inf")
+                rows.append((name, batch, path, ms, base / ms, sqnr))
+                print(f"  {path:22s} {ms:9.2f} ms  x{base / ms:5.2f}  {sqnr:6.2f} dB", file=sys.stderr)
+    table = ["| model | batch | path | latency (ms) | speed-up vs fp32 | SQNR vs float (dB) |",
+             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    for name, batch, path, ms, speedup, sqnr in rows:
+        s = "—" if sqnr == float("inf") else f"{sqnr:.2f}"
+        table.append(f"| {name} | {batch} | {path} | {ms:.2f} | {speedup:.2f} | {s} |")
+    print("\n".join(table))
+    if args.markdown:
+        write_section(args.markdown, table, argv)
+    return 0
+
+
+def write_section(path: str, table: List[str], argv) -> None:
+    import onnxruntime
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    body = [SECTION, "", *table, "",
+            f"- machine: {platform.platform()}, CPU: {cpu}, {os.cpu_count()} logical CPUs, {THREADS} threads per path",
+            f"- python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",
+            f"- command: `python benchmarks/end_to_end.py {shlex.join(argv if argv is not None else sys.argv[1:])}`", ""]
+    text = open(path).read() if os.path.exists(path) else ""
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip() + "\n\n" + "\n".join(body)
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + "\n".join(body) + ("" if end < 0 else text[end:])
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
