@@ -28,4 +28,8 @@ def available_targets() -> dict[str, tuple[bool, str]]:
 
 register(ReferenceBackend)
 
+from .x86 import X86Backend  # noqa: E402  (after the registry exists: x86 imports base, toolchain)
+
+register(X86Backend)
+
 __all__ = ["Backend", "BackendUnavailable", "register", "get_backend", "available_targets"]

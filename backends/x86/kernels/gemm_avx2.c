@@ -94,13 +94,15 @@ QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, 
 
 #include "gemm_driver.h"
 
-/* the int16 copy of A: rows split across threads, zero-padded to k_pad */
+/* the int16 copy of A, zero-padded to k_pad; chunks of 64 rows */
 typedef struct { const uint8_t *a; int64_t lda, m, k, k_pad; int16_t *out; } QC_FN(apack);
+#define QC_APACK_ROWS 64
 
-static void QC_FN(apack_worker)(const void *vp, int tid, int nt)
+static void QC_FN(apack_chunk)(const void *vp, int64_t c, int slot)
 {
+    (void)slot;
     const QC_FN(apack) *p = (const QC_FN(apack) *)vp;
-    const int64_t r0 = p->m * tid / nt, r1 = p->m * (tid + 1) / nt;
+    const int64_t r0 = c * QC_APACK_ROWS, r1 = qc_min64(r0 + QC_APACK_ROWS, p->m);
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *src = p->a + r * p->lda;
         int16_t *dst = p->out + r * p->k_pad;
@@ -124,7 +126,7 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
     int16_t *a16 = (int16_t *)aligned_alloc(64, (size_t)((p->m * k_pad * 2 + 63) / 64 * 64));
     if (a16 == NULL) return QC_ERR_NOMEM;
     QC_FN(apack) ap = {p->a, p->lda, p->m, p->k, k_pad, a16};
-    qc_parallel_run(QC_FN(apack_worker), &ap, p->m >= 64 ? nt : 1);
+    qc_parallel_for(QC_FN(apack_chunk), &ap, qc_ceil_div(p->m, QC_APACK_ROWS), nt);
     qc_task t;
     qc_task_init(&t, p);
     t.a = (const uint8_t *)a16;
@@ -137,6 +139,7 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
 
 #pragma GCC pop_options
 #undef QC_FN
+#undef QC_APACK_ROWS
 #undef MR
 #undef NR
 #undef KR

@@ -25,9 +25,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+
+#include "thread_pool.h"
 
 #define QC_GEMM_ABI_VERSION 1
 #define QC_EXPORT __attribute__((visibility("default")))
@@ -46,8 +45,9 @@ enum {
     QC_ERR_THREADS = 9      /* negative thread count */
 };
 
-/* ISA ids; the *_EMU variants are the VNNI sources compiled with QC_EMULATE_VNNI
- * (exact emulation of vpdpbusd with AVX2 / AVX-512BW instructions). */
+/* ISA ids; the *_EMU variants are the VNNI / AMX sources compiled with QC_EMULATE_VNNI
+ * (exact emulation of vpdpbusd with AVX2 / AVX-512BW instructions) or QC_EMULATE_AMX
+ * (tile operations emulated in C). */
 enum {
     QC_ISA_AUTO = 0,
     QC_ISA_SCALAR = 1,
@@ -56,7 +56,9 @@ enum {
     QC_ISA_AVX512VNNI = 4,
     QC_ISA_AVXVNNI_EMU = 5,
     QC_ISA_AVX512VNNI_EMU = 6,
-    QC_ISA_COUNT = 7
+    QC_ISA_AMX = 7,            /* AMX-INT8 tiles (tdpbusd), AVX-512 VNNI's packed layout */
+    QC_ISA_AMX_EMU = 8,        /* the AMX source with every tile op emulated in C */
+    QC_ISA_COUNT = 9
 };
 
 enum { QC_REQUANT_NONE = 0, QC_REQUANT_FP32 = 1, QC_REQUANT_FIXED_POINT = 2 };
@@ -82,7 +84,7 @@ typedef struct qc_gemm_args {
     int32_t out_type;          /* QC_OUT_* */
     void *c;                   /* [m, n] output, row stride ldc (elements) */
     int64_t ldc;
-    int32_t threads;           /* 0: OpenMP default; > 0: at most that many */
+    int32_t threads;           /* 0: every CPU this process may use; > 0: at most that many */
 } qc_gemm_args;
 
 /* what one kernel call needs, shared by every thread (read-only during the run) */
@@ -94,8 +96,9 @@ typedef struct qc_task {
     const uint8_t *b;
     int64_t kgroups;           /* k_pad / KR: groups per panel */
     int64_t mc, kc;            /* cache blocking: rows per M block, K per K block */
-    int32_t *scratch;          /* per-thread int32 partial sums when K is blocked */
-    int64_t scratch_per_thread;
+    int32_t *scratch;          /* per-thread-slot int32 partial sums when K is blocked */
+    int64_t scratch_per_slot;
+    int64_t panels, tiles_per_block;  /* work chunks: (M block, N panel) pairs */
     int32_t mode, out_type;
     const int32_t *bias;
     const float *mult;
@@ -106,32 +109,10 @@ typedef struct qc_task {
     int64_t ldc;
 } qc_task;
 
-typedef void (*qc_worker_fn)(const void *task, int tid, int nt);
-
-/* runs fn(task, tid, nt) on up to nt threads: OpenMP when built with -fopenmp (its pool
- * persists between calls; torch ships the same libgomp.so.1, so one runtime is shared),
- * else serially. The worker partitions by the team size it actually gets. */
-static void qc_parallel_run(qc_worker_fn fn, const void *task, int nt)
-{
-#ifdef _OPENMP
-    if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-        fn(task, omp_get_thread_num(), omp_get_num_threads());
-        return;
-    }
-#endif
-    fn(task, 0, 1);
-}
-
-/* threads for a call: the caller's count, or the OpenMP default */
+/* threads for a call: the caller's count, or every CPU this process may use */
 static inline int qc_threads(const qc_gemm_args *p)
 {
-    if (p->threads > 0) return p->threads;
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
+    return p->threads > 0 ? p->threads : qc_cpu_count();
 }
 
 static inline int64_t qc_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -264,15 +245,6 @@ static inline int32_t qc_load_partial4(const uint8_t *p, int n)
     uint32_t x = 0;
     for (int i = 0; i < n; i++) x |= (uint32_t)p[i] << (8 * i);
     return (int32_t)x;
-}
-
-/* picks how threads share the work: split the N panels when there are enough of them
- * to balance, else split the M tiles */
-static inline int qc_split_n(int64_t panels, int64_t mtiles, int nt)
-{
-    if (nt <= 1) return 1;
-    if (panels >= nt && (panels % nt == 0 || panels >= 4 * nt)) return 1;
-    return mtiles < nt;
 }
 
 #define QC_CAT_(a, b) a##_##b

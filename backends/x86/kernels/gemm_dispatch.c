@@ -5,13 +5,18 @@
  * same .so, so there is one build, one cache entry and one ctypes handle; each ISA file
  * still compiles with exactly its own instruction set (its region's target), the code
  * outside the regions is baseline x86-64, and nothing runs an instruction the CPU lacks
- * (each entry checks __builtin_cpu_supports first and returns QC_ERR_ISA). The VNNI
- * sources are included twice: natively, and with QC_EMULATE_VNNI (exact emulation), so
- * CI machines without VNNI run the very same kernel code.
+ * (each entry checks __builtin_cpu_supports first and returns QC_ERR_ISA). The VNNI and
+ * AMX sources are included twice: natively, and with QC_EMULATE_VNNI / QC_EMULATE_AMX
+ * (exact emulations), so CI machines without VNNI or AMX run the very same kernel code.
  *
  * Helpers shared by several regions (vnni_emulation.h, epilogue_*.h) carry their own
  * minimal target attribute and are included here first, outside every region.
+ *
+ * Threads: a pthread pool (thread_pool.h) rather than OpenMP, because on a shared machine
+ * a fork-join barrier waits for every thread the OS has not scheduled yet, while here the
+ * caller claims whatever chunks no helper has taken (and idle helpers spin only ~40 us).
  */
+#define _GNU_SOURCE 1   /* sched_getaffinity / CPU_COUNT */
 #include "gemm_common.h"
 #include "vnni_emulation.h"
 #include "epilogue_avx2.h"
@@ -21,16 +26,20 @@
 #include "gemm_avx2.c"
 #include "gemm_avxvnni.c"
 #include "gemm_avx512vnni.c"
+#include "gemm_amx.c"
 #define QC_EMULATE_VNNI 1
 #include "gemm_avxvnni.c"
 #include "gemm_avx512vnni.c"
 #undef QC_EMULATE_VNNI
+#define QC_EMULATE_AMX 1
+#include "gemm_amx.c"
+#undef QC_EMULATE_AMX
 
 typedef int (*qc_gemm_fn)(const qc_gemm_args *);
 
 static const qc_gemm_fn qc_gemm_table[QC_ISA_COUNT] = {
     NULL, qc_gemm_scalar, qc_gemm_avx2, qc_gemm_avxvnni, qc_gemm_avx512vnni,
-    qc_gemm_avxvnni_emu, qc_gemm_avx512vnni_emu,
+    qc_gemm_avxvnni_emu, qc_gemm_avx512vnni_emu, qc_gemm_amx, qc_gemm_amx_emu,
 };
 
 /* 1 if this CPU (and this build) can run the ISA's kernel */
@@ -45,6 +54,10 @@ QC_EXPORT int qc_isa_supported(int isa)
     case QC_ISA_AVX2: return avx2;
     case QC_ISA_AVXVNNI_EMU: return avx2;
     case QC_ISA_AVX512VNNI_EMU: return avx512;
+    case QC_ISA_AMX_EMU: return avx512;
+#ifndef QC_NO_NATIVE_AMX
+    case QC_ISA_AMX: return qc_amx_ready();
+#endif
 #ifndef QC_NO_NATIVE_VNNI
     case QC_ISA_AVXVNNI: return avx2 && __builtin_cpu_supports("avxvnni");
     case QC_ISA_AVX512VNNI: return avx512 && __builtin_cpu_supports("avx512vnni");
@@ -53,10 +66,10 @@ QC_EXPORT int qc_isa_supported(int isa)
     }
 }
 
-/* the fastest kernel this CPU runs: AVX-512 VNNI > AVX-VNNI > AVX2 > scalar */
+/* the fastest kernel this CPU runs: AMX > AVX-512 VNNI > AVX-VNNI > AVX2 > scalar */
 QC_EXPORT int qc_best_isa(void)
 {
-    static const int order[] = {QC_ISA_AVX512VNNI, QC_ISA_AVXVNNI, QC_ISA_AVX2, QC_ISA_SCALAR};
+    static const int order[] = {QC_ISA_AMX, QC_ISA_AVX512VNNI, QC_ISA_AVXVNNI, QC_ISA_AVX2, QC_ISA_SCALAR};
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
         if (qc_isa_supported(order[i])) return order[i];
     return QC_ISA_SCALAR;
@@ -90,6 +103,9 @@ QC_EXPORT int qc_layout(int isa, int32_t *out)
     case QC_ISA_AVX512VNNI: case QC_ISA_AVX512VNNI_EMU:
         out[0] = QC_AVX512VNNI_MR; out[1] = QC_AVX512VNNI_NR; out[2] = 4; out[3] = 1;
         out[4] = QC_AVX512VNNI_MC; out[5] = QC_AVX512VNNI_KC; return QC_OK;
+    case QC_ISA_AMX: case QC_ISA_AMX_EMU:
+        out[0] = QC_AMX_MR; out[1] = QC_AMX_NR; out[2] = 4; out[3] = 1;
+        out[4] = QC_AMX_MC; out[5] = QC_AMX_KC; return QC_OK;
     default:
         return QC_ERR_ISA;
     }
@@ -98,14 +114,8 @@ QC_EXPORT int qc_layout(int isa, int32_t *out)
 QC_EXPORT int qc_abi_version(void) { return QC_GEMM_ABI_VERSION; }
 QC_EXPORT int qc_args_size(void) { return (int)sizeof(qc_gemm_args); }
 
-QC_EXPORT int qc_have_openmp(void)
-{
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
+/* threads a call with threads = 0 uses: the CPUs this process may run on */
+QC_EXPORT int qc_default_threads(void) { return qc_cpu_count(); }
 
 QC_EXPORT const char *qc_strerror(int err)
 {

@@ -11,11 +11,11 @@
  *                starting from the bias (first) or the scratch partial sums, ending with
  *                the epilogue (last) or a store of the partial sums to scratch.
  *
- * Loop nest (per thread): M blocks of MC rows > N panels of this thread > K blocks >
- * M tiles. A K block of one panel (KC x NR bytes) stays in L1 while every tile of the M
- * block streams past it; the M block of A (MC x K) stays in L2 across panels. Threads
- * split the N panels (or the M tiles when there are too few panels); nothing is shared
- * but read-only inputs, and each output element is written by exactly one thread.
+ * Work is cut into chunks, one (M block, N panel) pair each, claimed dynamically by the
+ * threads of the pool (thread_pool.h). Within a chunk: K blocks > M tiles, so a K block of
+ * the panel (KC x NR elements) stays in L1 while every tile of the M block streams past
+ * it. Nothing is shared but read-only inputs, each output element is written by exactly
+ * one chunk, and partial sums between K blocks live in the claiming thread's scratch.
  */
 
 static void QC_FN(tile_any)(int mr, const qc_task *t, const uint8_t *a, const uint8_t *b,
@@ -66,59 +66,58 @@ static void QC_FN(tile_any)(int mr, const qc_task *t, const uint8_t *a, const ui
 #undef QC_TILE_CASE
 }
 
-static void QC_FN(worker)(const void *vt, int tid, int nt)
+/* one chunk of work: N panel j of M block ib (tiles ib*tpb .. ), on thread slot `slot` */
+static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
 {
     const qc_task *t = (const qc_task *)vt;
-    const int64_t panels = qc_ceil_div(t->n, NR), mtiles = qc_ceil_div(t->m, MR);
-    int64_t j0 = 0, j1 = panels, i0 = 0, i1 = mtiles;
-    if (qc_split_n(panels, mtiles, nt)) {
-        j0 = panels * tid / nt;
-        j1 = panels * (tid + 1) / nt;
-    } else {
-        i0 = mtiles * tid / nt;
-        i1 = mtiles * (tid + 1) / nt;
-    }
-    int32_t *scr = t->scratch ? t->scratch + (int64_t)tid * t->scratch_per_thread : NULL;
-    const int64_t tiles_per_block = t->mc / MR;
-    const int64_t panel_bytes = t->kgroups * NR * KR * ELEM;
-    for (int64_t ib = i0; ib < i1; ib += tiles_per_block) {
-        const int64_t ie = qc_min64(ib + tiles_per_block, i1);
-        for (int64_t j = j0; j < j1; j++) {
-            const uint8_t *bp = t->b + j * panel_bytes;
-            for (int64_t kb = 0; kb < t->k; kb += t->kc) {
-                const int64_t kcur = qc_min64(t->kc, t->k - kb);
-                const int first = kb == 0, last = kb + kcur >= t->k;
-                const uint8_t *bk = bp + (kb / KR) * NR * KR * ELEM;
-                for (int64_t it = ib; it < ie; it++) {
-                    const int64_t row0 = it * MR;
-                    const int mr = (int)qc_min64(MR, t->m - row0);
-                    QC_FN(tile_any)(mr, t, t->a + row0 * t->lda_bytes + kb * A_ELEM, bk,
-                                    kcur / KR, (int)(kcur % KR),
-                                    scr ? scr + (it - ib) * MR * NR : NULL,
-                                    first, last, row0, j * NR);
-                }
-            }
+    const int64_t mtiles = qc_ceil_div(t->m, MR);
+    const int64_t ib = (c / t->panels) * t->tiles_per_block, j = c % t->panels;
+    const int64_t ie = qc_min64(ib + t->tiles_per_block, mtiles);
+    int32_t *scr = t->scratch ? t->scratch + (int64_t)slot * t->scratch_per_slot : NULL;
+    const uint8_t *bp = t->b + j * (t->kgroups * NR * KR * ELEM);
+    for (int64_t kb = 0; kb < t->k; kb += t->kc) {
+        const int64_t kcur = qc_min64(t->kc, t->k - kb);
+        const int first = kb == 0, last = kb + kcur >= t->k;
+        const uint8_t *bk = bp + (kb / KR) * NR * KR * ELEM;
+        for (int64_t it = ib; it < ie; it++) {
+            const int64_t row0 = it * MR;
+            const int mr = (int)qc_min64(MR, t->m - row0);
+            QC_FN(tile_any)(mr, t, t->a + row0 * t->lda_bytes + kb * A_ELEM, bk, kcur / KR, (int)(kcur % KR),
+                            scr ? scr + (it - ib) * MR * NR : NULL, first, last, row0, j * NR);
         }
     }
 }
 
-/* sets the blocking, allocates the K-blocking scratch, runs the worker on nt threads */
+/* sets the blocking and the chunking, allocates the K-blocking scratch, runs the chunks
+ * on up to nt threads. Chunks: (M block, N panel) pairs, panels fastest (consecutive
+ * chunks share an M block of A). M is cut into blocks of MC rows, or — with MC = 0 — into
+ * as few blocks as give every thread about four chunks. */
 static int QC_FN(run)(qc_task *t, int nt)
 {
     t->kgroups = qc_ceil_div(t->k, KR);
     int64_t kc = KC > 0 ? ((int64_t)KC / KR) * KR : t->k;
     if (kc <= 0 || kc >= t->k) kc = t->k;
     t->kc = kc;
-    int64_t mc = MC > 0 ? ((int64_t)MC / MR) * MR : qc_ceil_div(t->m, MR) * MR;
-    if (mc < MR) mc = MR;
-    t->mc = mc;
+    const int64_t mtiles = qc_ceil_div(t->m, MR);
+    t->panels = qc_ceil_div(t->n, NR);
+    if (MC > 0) {
+        t->tiles_per_block = MC / MR > 0 ? MC / MR : 1;
+    } else {
+        const int64_t want = 4 * (int64_t)nt;
+        const int64_t mblocks = t->panels >= want ? 1 : qc_ceil_div(want, t->panels);
+        t->tiles_per_block = qc_ceil_div(mtiles, mblocks);
+    }
+    if (t->tiles_per_block > mtiles) t->tiles_per_block = mtiles;
+    t->mc = t->tiles_per_block * MR;
+    const int64_t chunks = qc_ceil_div(mtiles, t->tiles_per_block) * t->panels;
+    if (nt > chunks) nt = (int)chunks;
     t->scratch = NULL;
     if (kc < t->k) {
-        t->scratch_per_thread = mc * NR;
-        t->scratch = (int32_t *)aligned_alloc(64, (size_t)(nt * mc * NR * 4 + 63) / 64 * 64);
+        t->scratch_per_slot = t->mc * NR;
+        t->scratch = (int32_t *)aligned_alloc(64, (size_t)(nt * t->mc * NR * 4 + 63) / 64 * 64);
         if (t->scratch == NULL) return QC_ERR_NOMEM;
     }
-    qc_parallel_run(QC_FN(worker), t, nt);
+    qc_parallel_for(QC_FN(chunk), t, chunks, nt);
     free(t->scratch);
     t->scratch = NULL;
     return QC_OK;

@@ -1,0 +1,463 @@
+"""Lowering: an INTEGER GraphModule → a :class:`Program` of runtime calls, one step per node.
+
+Each ``lower_<op>`` method legalizes one op: NHWC activations, int8 stored as uint8 + 128,
+weights packed by the target's :class:`GemmLowering`. The C each step calls is in
+``backends/c_runtime/qc_runtime.c`` (``qc_rt_<op>``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+from qcompiler.core.integer_ops import (Dequantize, IntegerOp, QAdaptiveAvgPool2d, QAdd, QAvgPool2d, QCat,
+                                        QConv, QLinear, QMul, QRequantize, Quantize, Requant,
+                                        real_multiplier)
+from qcompiler.core.op_table import canonical_op
+from qcompiler.core.qtypes import QParams
+from qcompiler.core.reference import run_reference
+
+from ..memory_plan import Buffer, MemoryPlan
+from .literals import c_float
+from .program import (BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step, stored,
+                      unsupported)
+from .weights import WeightsBlob
+
+SERIAL_BELOW_MACS = 1 << 19
+#: value-preserving ops that only change the shape (run as an alias of the same bytes)
+#: channels the runtime's depthwise kernel accumulates on its stack (QC_DW_MAX_CHANNELS)
+DEPTHWISE_MAX_CHANNELS = 4096
+RESHAPES = frozenset({"flatten", "unflatten", "reshape", "squeeze", "unsqueeze", "dropout", "identity"})
+
+
+class Lowering:
+    """Walks an INTEGER graph in order and turns each node into runtime calls."""
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: tuple, gemm: GemmLowering, name: str = "model"):
+        self.gm = gm
+        self.gemm = gemm
+        self.name = name
+        self.modules = dict(gm.named_modules())
+        self.blob = WeightsBlob()
+        self.plan = MemoryPlan()
+        self.steps: list[Step] = []
+        self.values: dict[fx.Node, QTensor] = {}
+        self.inputs: dict[fx.Node, int] = {}
+        self.input_specs: list[IOSpec] = []
+        self.output_specs: list[IOSpec] = []
+        self._converted: dict[tuple, QTensor] = {}
+        self.tuple_output = False
+        _, self.shapes = run_reference(gm, *example_inputs, capture=True)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def ptr(self, t: QTensor) -> str:
+        return f"QC_BUF({t.buffer.ident})"
+
+    def weight(self, tensor: torch.Tensor, ctype: str) -> str:
+        return f"QC_W({ctype}, {self.blob.add(tensor)})"
+
+    def rq_literal(self, r: RequantArrays) -> str:
+        if r.mode == "fp32":
+            return (f"&(qc_rq){{QC_RQ_FP32, {self.weight(r.mult, 'float')}, NULL, NULL, "
+                    f"{r.zp}, {r.qmin}, {r.qmax}}}")
+        return (f"&(qc_rq){{QC_RQ_FIXED_POINT, NULL, {self.weight(r.m0.to(torch.int32), 'int32_t')}, "
+                f"{self.weight(r.shift.to(torch.int32), 'int32_t')}, {r.zp}, {r.qmin}, {r.qmax}}}")
+
+    def new_tensor(self, shape, layout: str, qp: QParams, extra_bytes: int = 0) -> QTensor:
+        shape = tuple(int(s) for s in shape)
+        signed = qp.qtype.signed
+        if qp.per_channel:
+            raise BackendUnsupported(f"per-channel activation quantization is not supported ({qp})")
+        if qp.qtype.storage not in (torch.uint8, torch.int8):
+            raise BackendUnsupported(f"activation type {qp.qtype} is not supported")
+        buf = self.plan.new_buffer(math.prod(shape) + extra_bytes)
+        return QTensor(shape, layout, stored(qp.zero_point_int(), signed), signed, qp, buf)
+
+    def scratch(self, nbytes: int) -> Buffer:
+        return self.plan.new_buffer(nbytes)
+
+    def add_step(self, comment: str, lines: list, reads=(), writes=()) -> None:
+        index = len(self.steps)
+        for t in [*reads, *writes]:
+            (t.buffer if isinstance(t, QTensor) else t).touch(index)
+        self.steps.append(Step(comment, lines))
+
+    def shape_of(self, node: fx.Node) -> tuple:
+        v = self.shapes.get(node.name)
+        if not isinstance(v, torch.Tensor):
+            raise unsupported(node, "its value is not a single tensor")
+        return tuple(v.shape)
+
+    def value(self, node, user: fx.Node, keep_nhwc_flat: bool = False) -> QTensor:
+        """The tensor ``node`` computed; a flattened NHWC tensor is put in torch's order unless
+        the consumer (a linear layer, whose weights can be permuted instead) keeps it."""
+        if not isinstance(node, fx.Node) or node not in self.values:
+            raise unsupported(user, f"input {node} is not a quantized tensor computed by this program "
+                                    "(a float island or a constant?)")
+        t = self.values[node]
+        return t if keep_nhwc_flat or t.layout != "nhwc_flat" else self.as_layout(t, "plain")
+
+    def as_layout(self, t: QTensor, layout: str) -> QTensor:
+        """``t`` in ``layout``: the same bytes when orders coincide, else a transposed copy."""
+        if t.layout == layout:
+            return t
+        if t.same_bytes_as(layout):
+            return QTensor(t.shape, layout, t.zp, t.signed, t.qparams, t.buffer)
+        key = (id(t), layout)
+        if key in self._converted:
+            return self._converted[key]
+        if t.layout == "nhwc_flat" and layout != "plain":
+            raise BackendUnsupported(f"cannot view a flattened NHWC tensor {t.shape} as {layout}")
+        n, c, h, w = t.nhwc_dims if t.layout == "nhwc_flat" else t.shape
+        out = QTensor(t.shape, layout, t.zp, t.signed, t.qparams, self.plan.new_buffer(t.numel))
+        fn = "qc_rt_nhwc_to_nchw" if layout == "plain" else "qc_rt_nchw_to_nhwc"
+        self.add_step(f"layout change to {layout}", [f"{fn}({self.ptr(t)}, {self.ptr(out)}, {n}, {c}, {h * w});"],
+                      reads=[t], writes=[out])
+        self._converted[key] = out
+        return out
+
+    # -- the walk ------------------------------------------------------------------------
+
+    def run(self) -> Program:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self.inputs[node] = len(self.input_specs)
+                self.input_specs.append(IOSpec(node.name, self.shape_of(node), "float32"))
+            elif node.op == "output":
+                self.lower_output(node)
+            elif node.op == "get_attr":
+                raise unsupported(node, "constant tensors in the integer graph are not supported")
+            else:
+                self.lower_node(node)
+        self.plan.solve()
+        blob, digest = self.blob.finish()
+        return Program(self.steps, self.plan, self.input_specs, self.output_specs, blob, digest, self.name,
+                       self.tuple_output)
+
+    def lower_node(self, node: fx.Node) -> None:
+        mod = self.modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(mod, Quantize):
+            return self.lower_quantize(node, mod)
+        if isinstance(mod, Dequantize):
+            if any(u.op != "output" for u in node.users):
+                raise unsupported(node, "float islands (Dequantize → float op → Quantize) are not "
+                                        "supported by this target; quantize that op or leave it out")
+            return                  # emitted with the output it feeds
+        if isinstance(mod, IntegerOp):
+            lower = {QConv: self.lower_conv, QLinear: self.lower_linear, QAdd: self.lower_add,
+                     QMul: self.lower_mul, QAvgPool2d: self.lower_pool, QAdaptiveAvgPool2d: self.lower_pool,
+                     QCat: self.lower_cat, QRequantize: self.lower_requantize}.get(type(mod))
+            if lower is None:
+                raise unsupported(node, f"integer op {type(mod).__name__} has no kernel here")
+            return lower(node, mod)
+        op = canonical_op(node, self.modules)
+        if op in RESHAPES:
+            return self.lower_reshape(node)
+        if op == "max_pool2d":
+            return self.lower_max_pool(node, mod)
+        if op == "relu":
+            return self.lower_clamp(node, None, None, relu=True)
+        if op == "clamp":         # relu on a quantized value arrives as clamp(q, min=zp)
+            names = ["input", "min", "max"]
+            params = dict(zip(names, node.args))
+            params.update(node.kwargs)
+            return self.lower_clamp(node, params.get("min"), params.get("max"))
+        raise unsupported(node, f"op {op or node.target!r} is not supported by this target")
+
+    # -- boundary ------------------------------------------------------------------------
+
+    def lower_quantize(self, node: fx.Node, mod: Quantize) -> None:
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src in self.inputs):
+            raise unsupported(node, "Quantize of a computed float value (a float island) is not supported")
+        shape = self.shape_of(node)
+        nhwc = len(shape) == 4
+        out = self.new_tensor(shape, "nhwc" if nhwc else "plain", mod.qparams)
+        n, c, hw = _nchw(shape)
+        qp = mod.qparams
+        self.add_step(f"{node.name}: quantize input {src.name} {list(shape)} to {qp.qtype}"
+                      + (" NHWC" if nhwc else ""),
+                      [f"qc_rt_quantize(inputs[{self.inputs[src]}], {self.ptr(out)}, {n}, {c}, {hw}, {int(nhwc)}, "
+                       f"{c_float(qp.scale_float())}, {out.zp}, {stored(qp.qtype.qmin, out.signed)}, "
+                       f"{stored(qp.qtype.qmax, out.signed)}, threads);"], writes=[out])
+        self.values[node] = out
+
+    def lower_output(self, node: fx.Node) -> None:
+        results = node.args[0]
+        flat = list(results) if isinstance(results, (tuple, list)) else [results]
+        for i, dq in enumerate(flat):
+            mod = self.modules.get(dq.target) if isinstance(dq, fx.Node) and dq.op == "call_module" else None
+            if not isinstance(mod, Dequantize):
+                raise unsupported(node, f"output {i} is not dequantized from an integer tensor")
+            t = self.value(dq.args[0], dq)
+            n, c, hw = _nchw(t.shape)
+            nhwc = int(t.layout == "nhwc" and len(t.shape) == 4)
+            qp = mod.qparams
+            self.output_specs.append(IOSpec(dq.name, t.shape, str(qp.qtype.storage).replace("torch.", ""),
+                                            qp.scale_float(), qp.zero_point_int()))
+            zp = stored(qp.zero_point_int(), t.signed)
+            self.add_step(f"{dq.name}: output {i}, dequantize {list(t.shape)}", [
+                f"if (as_int) qc_rt_export_int({self.ptr(t)}, outputs[{i}], {n}, {c}, {hw}, {nhwc}, {int(t.signed)});",
+                f"else qc_rt_dequantize({self.ptr(t)}, (float *)outputs[{i}], {n}, {c}, {hw}, {nhwc}, "
+                f"{c_float(qp.scale_float())}, {zp});"], reads=[t])
+        self.tuple_output = isinstance(results, (tuple, list))
+
+    # -- GEMM ops ------------------------------------------------------------------------
+
+    def _check_weights(self, node, mod) -> None:
+        wq = mod.weight_qparams
+        if bool((wq.zero_point != 0).any()):
+            raise unsupported(node, "asymmetric weights (zero point != 0) are not supported")
+        if mod.weight.dtype != torch.int8:
+            raise unsupported(node, f"weights stored as {mod.weight.dtype} are not supported")
+        if mod.input_qparams[0].per_channel:
+            raise unsupported(node, "per-channel input quantization is not supported")
+
+    def lower_linear(self, node: fx.Node, mod: QLinear) -> None:
+        self._check_weights(node, mod)
+        x = self.value(node.args[0], node, keep_nhwc_flat=True)
+        n_out, k = mod.weight.shape
+        weight, note = mod.weight, ""
+        if x.layout == "nhwc_flat":
+            # flatten(1) of NHWC bytes: permute the weight columns from (c, h, w) to (h, w, c)
+            # order instead of transposing the activations (free: done once, here)
+            _, c, h, w = x.nhwc_dims
+            weight = weight.reshape(n_out, c, h, w).permute(0, 2, 3, 1).reshape(n_out, k)
+            note = ", weights permuted to NHWC order"
+        else:
+            x = self.as_layout(x, "plain")
+        m = x.numel // k
+        out = self.new_tensor(self.shape_of(node), "plain", mod.output_qparams)
+        rq = RequantArrays.from_requant(mod.requant, n_out, out.signed)
+        lines = self.gemm.emit(self, a=self.ptr(x), lda=k, m=m, c=self.ptr(out), ldc=n_out, weight=weight,
+                               bias=mod.bias, a_zero_point=x.zp, requant=rq)
+        self.add_step(f"{mod.source_layer or node.name}: linear {k}->{n_out}, M={m}{note} ({node.name})", lines,
+                      reads=[x], writes=[out])
+        self.values[node] = out
+
+    def lower_conv(self, node: fx.Node, mod: QConv) -> None:
+        self._check_weights(node, mod)
+        if mod.dims != 2 or isinstance(mod.padding, str):
+            raise unsupported(node, "only conv2d with numeric padding is supported")
+        x = self.as_layout(self.value(node.args[0], node), "nhwc")
+        shape = self.shape_of(node)
+        out = self.new_tensor(shape, "nhwc", mod.output_qparams)
+        n, cin, h, w = x.shape
+        _, cout, oh, ow = shape
+        o, cg, kh, kw = mod.weight.shape
+        groups = mod.groups
+        og = o // groups
+        (sh, sw), (ph, pw), (dh, dw) = _pair(mod.stride), _pair(mod.padding), _pair(mod.dilation)
+        geom = f"&(qc_window){{{n}, {h}, {w}, {cin}, {oh}, {ow}, {kh}, {kw}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}}}"
+        what = (f"{mod.source_layer or node.name}: conv {kh}x{kw} s{sh} p{ph}"
+                + (f" g{groups}" if groups > 1 else "") + f", {cin}->{cout}, {h}x{w}->{oh}x{ow}")
+        bias = mod.bias if mod.bias is not None else torch.zeros(o, dtype=torch.int32)
+        if cg == 1 and og == 1 and o <= DEPTHWISE_MAX_CHANNELS:
+            w_dw = mod.weight.reshape(o, kh * kw).t().contiguous().to(torch.int16)   # [kh*kw][C]
+            rq = RequantArrays.from_requant(mod.requant, o, out.signed)
+            line = (f"qc_rt_depthwise({self.ptr(x)}, {self.ptr(out)}, {geom}, {x.zp}, "
+                    f"{self.weight(w_dw, 'int16_t')}, {self.weight(bias.to(torch.int32), 'int32_t')}, "
+                    f"{self.rq_literal(rq)}, threads);")
+            self.add_step(f"{what}, depthwise ({node.name})", [line], reads=[x], writes=[out])
+            self.values[node] = out
+            return
+        m = n * oh * ow
+        k = kh * kw * cg
+        direct = kh == 1 and kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0)
+        col = None if direct else self.scratch(m * k)
+        lines = []
+        for g in range(groups):
+            w2d = mod.weight[g * og:(g + 1) * og].permute(0, 2, 3, 1).reshape(og, k)   # k = (ky, kx, c)
+            rq = RequantArrays.from_requant(mod.requant, o, out.signed, g * og, (g + 1) * og)
+            if direct:
+                a, lda = f"{self.ptr(x)} + {g * cg}", cin
+            else:
+                a, lda = f"QC_BUF({col.ident})", k
+                lines.append(f"qc_rt_im2col({self.ptr(x)}, {a}, {geom}, {g * cg}, {cg}, {x.zp}, threads);")
+            lines += self.gemm.emit(self, a=a, lda=lda, m=m, c=f"{self.ptr(out)} + {g * og}", ldc=o,
+                                    weight=w2d, bias=bias[g * og:(g + 1) * og], a_zero_point=x.zp, requant=rq)
+        how = "GEMM on NHWC rows" if direct else "im2col + GEMM"
+        self.add_step(f"{what}, {how} ({node.name})", lines, reads=[x] + ([col] if col else []), writes=[out])
+        self.values[node] = out
+
+    # -- elementwise -----------------------------------------------------------------------
+
+    def _pair_inputs(self, node: fx.Node) -> tuple[QTensor, QTensor]:
+        a, b = (self.value(arg, node) for arg in node.args[:2])
+        if a.shape != b.shape:
+            raise unsupported(node, f"broadcasting {a.shape} with {b.shape} is not supported")
+        return a, self.as_layout(b, a.layout)
+
+    def lower_add(self, node: fx.Node, mod: QAdd) -> None:
+        a, b = self._pair_inputs(node)
+        out = self.new_tensor(a.shape, a.layout, mod.output_qparams)
+        zo = stored(mod.output_qparams.zero_point_int(), out.signed)
+        mode = "QC_RQ_FP32" if mod.mode == "fp32" else "QC_RQ_FIXED_POINT"
+        ma, mb = (c_float(v) for v in mod.multipliers.tolist())
+        m0a, m0b = (int(v) for v in mod.m0.tolist())
+        line = (f"qc_rt_add({self.ptr(a)}, {self.ptr(b)}, {self.ptr(out)}, {a.numel}, {a.zp}, {b.zp}, {mode}, "
+                f"{ma}, {mb}, INT64_C({m0a}), INT64_C({m0b}), {mod.shift}, {zo}, "
+                f"{stored(mod.qmin, out.signed)}, {stored(mod.qmax, out.signed)}, threads);")
+        self.add_step(f"{mod.source_layer or node.name}: add {list(a.shape)} ({node.name})", [line],
+                      reads=[a, b], writes=[out])
+        self.values[node] = out
+
+    def lower_mul(self, node: fx.Node, mod: QMul) -> None:
+        a, b = self._pair_inputs(node)
+        out = self.new_tensor(a.shape, a.layout, mod.output_qparams)
+        rq = RequantArrays.from_requant(mod.requant, 1, out.signed)
+        line = (f"qc_rt_mul({self.ptr(a)}, {self.ptr(b)}, {self.ptr(out)}, {a.numel}, {a.zp}, {b.zp}, "
+                f"{self.rq_literal(rq)}, threads);")
+        self.add_step(f"{mod.source_layer or node.name}: mul {list(a.shape)} ({node.name})", [line],
+                      reads=[a, b], writes=[out])
+        self.values[node] = out
+
+    def lower_requantize(self, node: fx.Node, mod: QRequantize) -> None:
+        x = self.value(node.args[0], node)
+        out = self.new_tensor(x.shape, x.layout, mod.output_qparams)
+        rq = RequantArrays.from_requant(mod.requant, 1, out.signed)
+        self.add_step(f"{node.name}: requantize {list(x.shape)}",
+                      [f"qc_rt_requantize({self.ptr(x)}, {self.ptr(out)}, {x.numel}, {x.zp}, {self.rq_literal(rq)});"],
+                      reads=[x], writes=[out])
+        self.values[node] = out
+
+    def lower_clamp(self, node: fx.Node, lo, hi, relu: bool = False) -> None:
+        """clamp(q, lo, hi) on the integers (bounds in the reference's domain); relu: max(q, zp)."""
+        x = self.value(node.args[0], node)
+        for bound in (lo, hi):
+            if bound is not None and not isinstance(bound, int):
+                raise unsupported(node, f"clamp bound {bound!r} is not an integer constant")
+        qlo = x.zp if relu else (0 if lo is None else max(0, stored(lo, x.signed)))
+        qhi = 255 if hi is None else min(255, stored(hi, x.signed))
+        out = QTensor(x.shape, x.layout, x.zp, x.signed, x.qparams, self.plan.new_buffer(x.numel))
+        what = "relu, max(q, zp)" if relu else f"clamp to [{lo}, {hi}]"
+        self.add_step(f"{node.name}: {what} on a quantized value",
+                      [f"qc_rt_clamp({self.ptr(x)}, {self.ptr(out)}, {x.numel}, {qlo}, {qhi});"],
+                      reads=[x], writes=[out])
+        self.values[node] = out
+
+    def lower_cat(self, node: fx.Node, mod: QCat) -> None:
+        srcs = node.args[0] if isinstance(node.args[0], (list, tuple)) else node.args
+        xs = [self.value(s, node) for s in srcs]
+        layout = xs[0].layout
+        xs = [self.as_layout(x, layout) for x in xs]
+        shape = self.shape_of(node)
+        out = self.new_tensor(shape, layout, mod.output_qparams)
+        dim = mod.dim % len(shape)
+        pdim = (0, 3, 1, 2)[dim] if layout == "nhwc" and len(shape) == 4 else dim
+        pshape = _physical(shape, layout)
+        outer = math.prod(pshape[:pdim])
+        dst_inner = math.prod(pshape[pdim:])
+        lines, offset = [], 0
+        for x, requant in zip(xs, mod.requants):
+            inner = x.numel // outer
+            rq = "NULL"
+            if isinstance(requant, QRequantize):
+                rq = self.rq_literal(RequantArrays.from_requant(requant.requant, 1, out.signed))
+            lines.append(f"qc_rt_cat_part({self.ptr(x)}, {self.ptr(out)}, {outer}, {inner}, {dst_inner}, "
+                         f"{offset}, {x.zp}, {rq});")
+            offset += inner
+        self.add_step(f"{mod.source_layer or node.name}: cat of {len(xs)} along dim {dim} ({node.name})", lines,
+                      reads=xs, writes=[out])
+        self.values[node] = out
+
+    # -- pools ---------------------------------------------------------------------------
+
+    def lower_max_pool(self, node: fx.Node, mod) -> None:
+        x = self.as_layout(self.value(node.args[0], node), "nhwc")
+        if mod is not None:
+            k, s, p, d = mod.kernel_size, mod.stride, mod.padding, mod.dilation
+            ret = mod.return_indices
+        else:
+            names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
+            params = dict(zip(names, node.args))
+            params.update(node.kwargs)
+            k = params["kernel_size"]
+            s = params.get("stride") or k
+            p, d = params.get("padding", 0), params.get("dilation", 1)
+            ret = params.get("return_indices", False)
+        if ret:
+            raise unsupported(node, "max_pool2d with return_indices")
+        shape = self.shape_of(node)
+        out = QTensor(shape, "nhwc", x.zp, x.signed, x.qparams, self.plan.new_buffer(math.prod(shape)))
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(k), _pair(s), _pair(p), _pair(d)
+        geom = (f"&(qc_window){{{n}, {h}, {w}, {c}, {shape[2]}, {shape[3]}, "
+                f"{kh}, {kw}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}}}")
+        self.add_step(f"{node.name}: max_pool {kh}x{kw} s{sh} p{ph}, {h}x{w}->{shape[2]}x{shape[3]}",
+                      [f"qc_rt_max_pool({self.ptr(x)}, {self.ptr(out)}, {geom}, threads);"], reads=[x], writes=[out])
+        self.values[node] = out
+
+    def lower_pool(self, node: fx.Node, mod) -> None:
+        x = self.as_layout(self.value(node.args[0], node), "nhwc")
+        if len(x.shape) != 4:
+            raise unsupported(node, "pools need a 4-d input")
+        shape = self.shape_of(node)
+        out = self.new_tensor(shape, "nhwc", mod.output_qparams)
+        n, c, h, w = x.shape
+        oh, ow = shape[2], shape[3]
+        if isinstance(mod, QAdaptiveAvgPool2d):
+            h0 = [(i * h) // oh for i in range(oh)]
+            h1 = [-(-((i + 1) * h) // oh) for i in range(oh)]
+            w0 = [(j * w) // ow for j in range(ow)]
+            w1 = [-(-((j + 1) * w) // ow) for j in range(ow)]
+            kind = "adaptive_avg_pool"
+        else:
+            (kh, kw), (sh, sw) = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
+            ph, pw = _pair(mod.padding)
+            h0 = [max(i * sh - ph, 0) for i in range(oh)]
+            h1 = [min(i * sh - ph + kh, h) for i in range(oh)]
+            w0 = [max(j * sw - pw, 0) for j in range(ow)]
+            w1 = [min(j * sw - pw + kw, w) for j in range(ow)]
+            kind = f"avg_pool {kh}x{kw} s{sh} p{ph}"
+        # the divisor per position exactly as the reference computes it
+        _, counts = mod.sums_and_counts(torch.zeros((1, 1, h, w), dtype=torch.float64))
+        real = real_multiplier(mod.input_qparams[0].scale, out=mod.output_qparams) / counts.to(torch.float64)
+        requant = Requant.make(real, mod.output_qparams, mod.mode)
+        rq = RequantArrays.from_requant(requant, oh * ow, out.signed)
+        i32 = lambda v: self.weight(torch.tensor(v, dtype=torch.int32), "int32_t")  # noqa: E731
+        geom = f"&(qc_window){{{n}, {h}, {w}, {c}, {oh}, {ow}, 0, 0, 0, 0, 0, 0, 0, 0}}"
+        line = (f"qc_rt_avg_pool({self.ptr(x)}, {self.ptr(out)}, {geom}, {i32(h0)}, {i32(h1)}, {i32(w0)}, "
+                f"{i32(w1)}, {x.zp}, {self.rq_literal(rq)}, threads);")
+        self.add_step(f"{mod.source_layer or node.name}: {kind}, {h}x{w}->{oh}x{ow} ({node.name})", [line],
+                      reads=[x], writes=[out])
+        self.values[node] = out
+
+    # -- shape-only ops --------------------------------------------------------------------
+
+    def lower_reshape(self, node: fx.Node) -> None:
+        x = self.value(node.args[0], node, keep_nhwc_flat=True)
+        shape = self.shape_of(node)
+        if shape == x.shape:
+            self.values[node] = x
+            return
+        if (x.layout == "nhwc" and not x.same_bytes_as("plain") and len(shape) == 2
+                and shape[0] == x.shape[0]):
+            # flatten(1) of an NHWC tensor: keep the bytes, let the consumer decide (lower_linear)
+            self.values[node] = QTensor(shape, "nhwc_flat", x.zp, x.signed, x.qparams, x.buffer, x.shape)
+            return
+        x = self.as_layout(x, "plain")
+        layout = "plain"
+        self.values[node] = QTensor(shape, layout, x.zp, x.signed, x.qparams, x.buffer)
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _nchw(shape) -> tuple[int, int, int]:
+    """(N, C, the rest) of a tensor shape, as the boundary kernels see it."""
+    if len(shape) == 0:
+        return 1, 1, 1
+    if len(shape) == 1:
+        return 1, shape[0], 1
+    return shape[0], shape[1], math.prod(shape[2:])
+
+
+def _physical(shape, layout) -> tuple:
+    if layout == "nhwc" and len(shape) == 4:
+        n, c, h, w = shape
+        return (n, h, w, c)
+    return tuple(shape)

@@ -1,0 +1,123 @@
+"""The emitter's program: quantized tensors in the arena, requantization arrays, steps, I/O."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from qcompiler.core.integer_ops import Requant
+from qcompiler.core.qtypes import QParams
+
+from ..memory_plan import Buffer, MemoryPlan
+
+
+class BackendUnsupported(NotImplementedError):
+    """The graph contains something this target cannot compile (the message names the node)."""
+
+
+def unsupported(node: fx.Node, why: str) -> BackendUnsupported:
+    return BackendUnsupported(f"cannot compile node {node.format_node()}: {why}")
+
+
+# ---------------------------------------------------------------------------------------
+# Tensors of the generated program
+# ---------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class QTensor:
+    """A quantized tensor in the arena: uint8 storage, zero point in the stored domain."""
+
+    shape: tuple
+    layout: str           # "nhwc" (4-d activations), "plain" (torch's contiguous order) or
+                          # "nhwc_flat" (flatten(1) of an NHWC tensor, bytes still in NHWC order)
+    zp: int               # stored zero point (int8: zero point + 128)
+    signed: bool          # the reference type is int8 (stored shifted)
+    qparams: QParams
+    buffer: Buffer
+    nhwc_dims: Optional[tuple] = None     # (N, C, H, W) of a "nhwc_flat" tensor
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def same_bytes_as(self, layout: str) -> bool:
+        """NHWC and NCHW orders coincide when C == 1 or H·W == 1."""
+        if layout == self.layout:
+            return True
+        dims = self.nhwc_dims if self.layout == "nhwc_flat" else self.shape
+        if len(dims) != 4:
+            return True
+        _, c, h, w = dims
+        return c == 1 or h * w == 1
+
+
+def stored(v: int, signed: bool) -> int:
+    return int(v) + (128 if signed else 0)
+
+
+@dataclass
+class RequantArrays:
+    """A core Requant (or a slice of its channels) in the stored domain."""
+
+    mode: str
+    mult: torch.Tensor     # float32 [n]
+    m0: torch.Tensor       # int64 [n]
+    shift: torch.Tensor    # int64 [n]
+    zp: int
+    qmin: int
+    qmax: int
+
+    @classmethod
+    def from_requant(cls, rq: Requant, n: int, signed: bool, lo: int = 0, hi: Optional[int] = None):
+        def chan(t, dtype):
+            t = t.reshape(-1).to(dtype)
+            t = t.expand(n) if t.numel() == 1 else t
+            return t[lo:hi].contiguous()
+        return cls(rq.mode, chan(rq.multiplier, torch.float32), chan(rq.m0, torch.int64),
+                   chan(rq.shift, torch.int64), stored(rq.zero_point, signed), stored(rq.qmin, signed),
+                   stored(rq.qmax, signed))
+
+
+class GemmLowering:
+    """What a target supplies for C = requant(A · Wᵀ + bias): packing and the C call."""
+
+    def emit(self, em: "Lowering", *, a: str, lda: int, m: int, c: str, ldc: int, weight: torch.Tensor,
+             bias: Optional[torch.Tensor], a_zero_point: int, requant: RequantArrays) -> list[str]:
+        raise NotImplementedError
+
+    def runtime_headers(self) -> list[str]:
+        return []
+
+
+# ---------------------------------------------------------------------------------------
+# Lowering: graph → steps
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    comment: str
+    lines: list
+
+
+@dataclass
+class IOSpec:
+    name: str
+    shape: tuple
+    dtype: str           # float32 in/out; the integer dtype of an output for run_int
+    scale: float = 0.0
+    zero_point: int = 0
+
+
+@dataclass
+class Program:
+    steps: list
+    plan: MemoryPlan
+    inputs: list
+    outputs: list
+    weights: bytes
+    weights_digest: str
+    name: str
+    tuple_output: bool = False

@@ -1,0 +1,126 @@
+/* qcompiler C runtime: the non-GEMM kernels generated models call (shared by every CPU target).
+ *
+ * Conventions (the emitter relies on them):
+ *   - every quantized tensor is stored as uint8; an int8 tensor is stored shifted by +128
+ *     (q' = q + 128, zero point and clamp bounds shifted alike), so (q' - zp') == (q - zp)
+ *     and the GEMM sees the u8 operand it wants;
+ *   - 4-d activations are NHWC, everything else is in torch's (contiguous) order;
+ *   - requantization is bit-exact with qcompiler/core/quantize.py (see qc_requant below);
+ *   - kernels never allocate; the caller passes every buffer (the model's arena).
+ * Each kernel's comment names the integer op of qcompiler/core/integer_ops.py it implements.
+ */
+#ifndef QC_RUNTIME_H
+#define QC_RUNTIME_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define QC_RT_EXPORT __attribute__((visibility("default")))
+#define QC_RT_ABI_VERSION 1
+
+enum { QC_RQ_FP32 = 1, QC_RQ_FIXED_POINT = 2 };
+
+/* one requantization: per-channel (or per-position) arrays indexed by the kernel,
+ * zero point and clamp already in the stored (shifted) domain */
+typedef struct qc_rq {
+    int32_t mode;            /* QC_RQ_* */
+    const float *mult;       /* fp32: float32 multipliers */
+    const int32_t *m0;       /* fixed_point: M0 in [0, 2^31) */
+    const int32_t *shift;    /* fixed_point: t in [1, 62] */
+    int32_t zp, qmin, qmax;
+} qc_rq;
+
+/* round half to even of a float32 already clamped to |y| < 2^22 (default rounding mode;
+ * no libm call, so it vectorizes; -ffp-contract=off keeps the two additions apart) */
+static inline float qc_round_half_even(float y)
+{
+    const float magic = 12582912.0f;   /* 1.5 * 2^23 */
+    return (y + magic) - magic;
+}
+
+/* QRequant.apply: fp32  -> clamp(round(float32(acc) * float32(m)) + zp, qmin, qmax)
+ *                fixed -> clamp(((acc * M0 + 2^(t-1)) >> t) + zp, qmin, qmax)     (int64) */
+static inline int32_t qc_requant(int64_t acc, const qc_rq *r, int64_t j)
+{
+    if (r->mode == QC_RQ_FP32) {
+        float y = (float)acc * r->mult[j];
+        const float lo = (float)(r->qmin - r->zp), hi = (float)(r->qmax - r->zp);
+        /* clamping before rounding is exact: the bounds are integers (NaN -> qmin, as torch) */
+        if (!(y >= lo)) y = lo;
+        if (y > hi) y = hi;
+        return (int32_t)qc_round_half_even(y) + r->zp;
+    }
+    int s = r->shift[j];
+    int64_t q = ((acc * (int64_t)r->m0[j] + ((int64_t)1 << (s - 1))) >> s) + r->zp;
+    return (int32_t)(q < r->qmin ? r->qmin : q > r->qmax ? r->qmax : q);
+}
+
+/* out[j] = qc_requant(acc[j], rq, j) for j < n: the vectorized form the channel loops use
+ * (tested against qcompiler.core.quantize directly) */
+QC_RT_EXPORT void qc_rt_requant_channels(const int32_t *acc, uint8_t *out, int64_t n, const qc_rq *rq);
+
+/* Quantize: float NCHW [n, c, hw] -> uint8, NHWC when nhwc (else same order).
+ * q = clamp(round_half_even(x / s) + zp, qmin, qmax) with an IEEE float32 division. */
+QC_RT_EXPORT void qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw, int nhwc,
+                                 float scale, int32_t zp, int32_t qmin, int32_t qmax, int threads);
+
+/* Dequantize: uint8 (NHWC when nhwc) -> float NCHW, x = float32(q - zp) * s */
+QC_RT_EXPORT void qc_rt_dequantize(const uint8_t *q, float *x, int64_t n, int64_t c, int64_t hw, int nhwc,
+                                   float scale, int32_t zp);
+
+/* the stored integers as the reference's dtype (int8: undo the +128 shift), NCHW order */
+QC_RT_EXPORT void qc_rt_export_int(const uint8_t *q, void *out, int64_t n, int64_t c, int64_t hw, int nhwc,
+                                   int is_signed);
+
+/* layout changes of uint8 tensors [n, c, hw] */
+QC_RT_EXPORT void qc_rt_nhwc_to_nchw(const uint8_t *x, uint8_t *y, int64_t n, int64_t c, int64_t hw);
+QC_RT_EXPORT void qc_rt_nchw_to_nhwc(const uint8_t *x, uint8_t *y, int64_t n, int64_t c, int64_t hw);
+
+/* geometry of a 2-d window op on NHWC [n, h, w, c] -> [n, oh, ow, *] */
+typedef struct qc_window {
+    int64_t n, h, w, c, oh, ow;
+    int32_t kh, kw, sh, sw, ph, pw, dh, dw;
+} qc_window;
+
+/* QConv (im2col half): rows [n*oh*ow, kh*kw*cg] of channels [c0, c0+cg); padding = pad
+ * (the input zero point, so padded taps add (zp - zp) * w = 0 as zero padding does) */
+QC_RT_EXPORT void qc_rt_im2col(const uint8_t *x, uint8_t *col, const qc_window *g, int64_t c0, int64_t cg,
+                               uint8_t pad, int threads);
+
+/* QConv, depthwise (groups == channels, one output per channel): exact int32
+ * sum of (x - zx) * w[kh*kw][c] + bias[c], requantized per channel */
+QC_RT_EXPORT void qc_rt_depthwise(const uint8_t *x, uint8_t *y, const qc_window *g, int32_t zx,
+                                  const int16_t *w, const int32_t *bias, const qc_rq *rq, int threads);
+
+/* max_pool2d on NHWC (padding never wins; windows are clipped to the input) */
+QC_RT_EXPORT void qc_rt_max_pool(const uint8_t *x, uint8_t *y, const qc_window *g, int threads);
+
+/* QAvgPool2d / QAdaptiveAvgPool2d: exact window sums of (x - zx) over rows [h0[i], h1[i]) and
+ * columns [w0[j], w1[j]), requantized with the multiplier of position i*ow + j */
+QC_RT_EXPORT void qc_rt_avg_pool(const uint8_t *x, uint8_t *y, const qc_window *g, const int32_t *h0,
+                                 const int32_t *h1, const int32_t *w0, const int32_t *w1, int32_t zx,
+                                 const qc_rq *rq, int threads);
+
+/* QAdd: fp32: round(f32(f32(a-za)*ma) + f32(f32(b-zb)*mb)) + zo; fixed_point: one shared shift */
+QC_RT_EXPORT void qc_rt_add(const uint8_t *a, const uint8_t *b, uint8_t *y, int64_t count, int32_t za, int32_t zb,
+                            int32_t mode, float ma, float mb, int64_t m0a, int64_t m0b, int32_t shift,
+                            int32_t zo, int32_t qmin, int32_t qmax, int threads);
+
+/* QMul: requant((a - za) * (b - zb)), per tensor */
+QC_RT_EXPORT void qc_rt_mul(const uint8_t *a, const uint8_t *b, uint8_t *y, int64_t count, int32_t za,
+                            int32_t zb, const qc_rq *rq, int threads);
+
+/* QRequantize: requant(x - zx), per tensor */
+QC_RT_EXPORT void qc_rt_requantize(const uint8_t *x, uint8_t *y, int64_t count, int32_t zx, const qc_rq *rq);
+
+/* clamp of a quantized value to [lo, hi] (stored domain); relu is clamp(zp, 255) */
+QC_RT_EXPORT void qc_rt_clamp(const uint8_t *x, uint8_t *y, int64_t count, int32_t lo, int32_t hi);
+
+/* QCat, one input: [outer, inner] into [outer, dst_inner] at column offset; requantized
+ * from zx when rq is not NULL, else copied */
+QC_RT_EXPORT void qc_rt_cat_part(const uint8_t *x, uint8_t *y, int64_t outer, int64_t inner, int64_t dst_inner,
+                                 int64_t offset, int32_t zx, const qc_rq *rq);
+
+QC_RT_EXPORT int qc_rt_abi_version(void);
+
+#endif /* QC_RUNTIME_H */

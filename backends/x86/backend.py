@@ -1,0 +1,165 @@
+"""The x86 target: an INTEGER graph → one generated C file per model, linked against the
+x86 runtime library (portable kernels + the int8 GEMM), run by :class:`X86CompiledModel`.
+
+    legalize  pick the GEMM ISA (CPUID, narrowed by $QCOMPILER_CPU_FEATURES)
+    emit      backends/c_emitter/ with :class:`X86Gemm` packing weights for that ISA
+    build     runtime library (cached once) + the model's C (cached by content hash)
+    load      :class:`X86CompiledModel`
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from qcompiler.core.qconfig import GRANULARITIES, Capabilities
+
+from .. import cpu, toolchain
+from ..base import Backend
+from ..c_emitter import SERIAL_BELOW_MACS, GemmLowering, Lowering, Program, RequantArrays, render
+from . import gemm
+from .runtime_library import runtime_library
+
+#: integer ops with a kernel here (core.integer_ops.INTEGER_OPS minus conv1d, permute, transpose)
+SUPPORTED_OPS = frozenset({
+    "quantize", "dequantize", "requantize", "conv2d", "linear", "add", "mul", "avg_pool2d",
+    "adaptive_avg_pool2d", "cat", "max_pool2d", "relu", "flatten", "unflatten", "reshape", "squeeze",
+    "unsqueeze", "dropout", "identity",
+})
+
+#: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
+ISA_PREFERENCE = (
+    ("avx512vnni", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni"})),
+    ("avxvnni", frozenset({"avx2", "avx_vnni"})),
+    ("avx2", frozenset({"avx2"})),
+    ("scalar", frozenset()),
+)
+
+
+def choose_isa(features: Optional[frozenset] = None) -> str:
+    features = cpu.cpu_features() if features is None else features
+    return next(isa for isa, needs in ISA_PREFERENCE if needs <= features)
+
+
+class X86Gemm(GemmLowering):
+    """Packs each GEMM's weights for one ISA's layout and emits the ``qc_rt_gemm`` call."""
+
+    def __init__(self, isa: str):
+        self.isa = isa
+        self.isa_id = gemm._ISA_ID[isa]
+
+    def emit(self, em: Lowering, *, a, lda, m, c, ldc, weight, bias, a_zero_point, requant: RequantArrays):
+        n, k = weight.shape
+        bias = torch.zeros(n, dtype=torch.int32) if bias is None else bias.to(torch.int32)
+        packed = gemm.pack_weights(weight.contiguous(), bias.contiguous(), a_zero_point, self.isa,
+                                   input_dtype=torch.uint8)
+        rq = gemm.make_requant(packed, requant.mode, multiplier=requant.mult, m0=requant.m0, shift=requant.shift,
+                               zero_point=requant.zp, qmin=requant.qmin, qmax=requant.qmax, out_dtype=torch.uint8)
+        padded = RequantArrays(rq.mode, rq.mult, rq.m0, rq.shift, rq.zero_point, rq.qmin, rq.qmax)
+        b = packed.blocking
+        threads = "1" if m * n * k < SERIAL_BELOW_MACS else "threads"
+        return [f"rc = qc_rt_gemm({self.isa_id}, {m}, {n}, {k}, {a}, {lda}, {em.weight(packed.data, 'uint8_t')}, "
+                f"{packed.nbytes}, {b.nr}, {b.kr}, {b.elem}, {em.weight(packed.bias, 'int32_t')}, "
+                f"{em.rq_literal(padded)}, {c}, {ldc}, {threads});",
+                "if (rc) return rc;"]
+
+
+@dataclass
+class X86Artifact:
+    """What build() hands to load(): the generated files and the built libraries."""
+
+    program: Program
+    source: str
+    isa: str
+    runtime: Path
+    runtime_flags: list
+    library: Path
+
+
+def model_flags(runtime: Path) -> list[str]:
+    """Link the model against the runtime by path (no SONAME: DT_NEEDED keeps the full path)."""
+    include = runtime_include_dirs()
+    return ["-O2", *(f"-I{d}" for d in include), "-Wl,--no-as-needed", str(runtime)]
+
+
+def runtime_include_dirs() -> list[str]:
+    from .runtime_library import C_RUNTIME_DIR, GLUE_DIR
+    return [str(C_RUNTIME_DIR), str(GLUE_DIR)]
+
+
+MODEL_INCLUDES = ["qc_runtime.h", "qc_x86_gemm_call.h"]
+
+
+class X86Backend(Backend):
+    name = "x86"
+
+    @property
+    def capabilities(self) -> Capabilities:     # a property: $QCOMPILER_CPU_FEATURES is read per use
+        return Capabilities(
+            activation_dtypes=frozenset({"uint8", "int8"}),
+            weight_dtypes=frozenset({"int8", "int8_narrow"}),
+            weight_granularities=frozenset(GRANULARITIES),
+            asymmetric_weights=False,
+            requant_modes=frozenset({"fp32", "fixed_point"}),
+            ops=SUPPORTED_OPS,
+            layouts=frozenset({"NHWC"}),
+            isa_features=cpu.cpu_features(),
+            preferred_activation_dtype="uint8",
+        )
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        machine = platform.machine().lower()
+        if machine not in ("x86_64", "amd64", "i686", "i386"):
+            return False, f"the x86 target needs an x86-64 machine, this one is {platform.machine()}"
+        try:
+            toolchain.find_compiler("cc")
+        except toolchain.ToolchainError as e:
+            return False, str(e)
+        return True, ""
+
+    def __init__(self, isa: Optional[str] = None):
+        self.isa = isa
+
+    def legalize(self, gm: fx.GraphModule) -> fx.GraphModule:
+        # NHWC, the u8 shift of int8 activations and weight packing happen in the emitter's
+        # lowering (they change no graph node); here: nothing to rewrite
+        return gm
+
+    def emit_program(self, gm: fx.GraphModule, example_inputs: tuple, name: str = "model") -> tuple[Program, str, str]:
+        isa = self.isa or choose_isa()
+        program = Lowering(gm, example_inputs, X86Gemm(isa), name=name).run()
+        source = render(program, MODEL_INCLUDES, f"qcompiler x86 model '{name}', GEMM ISA {isa}")
+        return program, source, isa
+
+    def build_program(self, program: Program, source: str, isa: str) -> X86Artifact:
+        runtime, runtime_flags = runtime_library(isa)
+        lib = toolchain.build_shared_library(source, flags=model_flags(runtime), name="qc_model")
+        return X86Artifact(program, source, isa, runtime, runtime_flags, lib)
+
+    def compile(self, gm: fx.GraphModule, example_inputs: tuple, *, threads: Optional[int] = None,
+                name: str = "model") -> torch.nn.Module:
+        from .compiled_model import X86CompiledModel
+
+        ok, why = self.availability()
+        if not ok:
+            from ..base import BackendUnavailable
+            raise BackendUnavailable(f"target {self.name!r} is not available here: {why}")
+        gm = self.legalize(gm)
+        program, source, isa = self.emit_program(gm, example_inputs, name)
+        artifact = self.build_program(program, source, isa)
+
+        def recompile(batch: int) -> X86CompiledModel:   # same graph, another batch size
+            shaped = tuple(torch.zeros((batch, *x.shape[1:]), dtype=x.dtype) if isinstance(x, torch.Tensor) else x
+                           for x in example_inputs)
+            return X86Backend(isa).compile(gm, shaped, threads=threads, name=name)
+
+        return X86CompiledModel(artifact.library, program.weights, source, isa, threads=threads,
+                                runtime_flags=artifact.runtime_flags, recompile=recompile)
+
+
+__all__ = ["X86Backend", "X86Gemm", "choose_isa", "SUPPORTED_OPS"]

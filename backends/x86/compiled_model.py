@@ -1,0 +1,211 @@
+"""The loaded x86 model: an nn.Module around one generated shared library, and its bundle.
+
+``X86CompiledModel(x)`` checks every input's shape and dtype before native code runs,
+reuses one arena (no allocation per call besides the outputs) and returns float tensors
+(or the output integers with ``return_int=True``). A batch size other than the compiled
+one is compiled on first use (same graph, new shapes) when the module still has its
+graph; a model loaded from a bundle runs only the batch size it was built for.
+
+``save(path)`` writes a self-contained bundle (model.c, model.h, weights.bin, the runtime
+source, build.sh, manifest.json); :func:`load_bundle` loads it again without pickles.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+import stat
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .. import toolchain
+from ..c_emitter import MODEL_HEADER
+
+_DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "float32": torch.float32}
+_MODEL_ERRORS = {-1: "a required pointer is NULL", -2: "weights do not match this model (size or digest)",
+                 -3: "model not initialized", -4: "out of memory", -5: "a buffer or the arena has the wrong size"}
+BUNDLE_FORMAT = 1
+
+
+class NativeModelError(RuntimeError):
+    pass
+
+
+class _Native:
+    """ctypes view of one model library (the ABI in c_emitter.MODEL_HEADER)."""
+
+    def __init__(self, library: Path, weights: bytes):
+        self.path = Path(library)
+        cdll = toolchain.load_library(self.path)
+        pp = ctypes.POINTER(ctypes.c_void_p)
+        cdll.qc_model_init.argtypes, cdll.qc_model_init.restype = [ctypes.c_char_p, ctypes.c_int64], ctypes.c_int
+        cdll.qc_model_arena_bytes.argtypes, cdll.qc_model_arena_bytes.restype = [], ctypes.c_int64
+        cdll.qc_model_manifest.argtypes, cdll.qc_model_manifest.restype = [], ctypes.c_char_p
+        for fn in (cdll.qc_model_run, cdll.qc_model_run_int):
+            fn.argtypes, fn.restype = [pp, pp, ctypes.c_void_p, ctypes.c_int], ctypes.c_int
+        i64p = ctypes.POINTER(ctypes.c_int64)
+        cdll.qc_model_run_checked.argtypes = [pp, i64p, ctypes.c_int, pp, i64p, ctypes.c_int, ctypes.c_int,
+                                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+        cdll.qc_model_run_checked.restype = ctypes.c_int
+        self.cdll = cdll
+        self.manifest = json.loads(cdll.qc_model_manifest().decode())
+        self.weights = bytes(weights)
+        code = cdll.qc_model_init(self.weights, len(self.weights))
+        if code != 0:
+            raise NativeModelError(f"{self.path}: qc_model_init failed: {self.error(code)}")
+        self.strerror = cdll.qc_rt_gemm_strerror
+        self.strerror.argtypes, self.strerror.restype = [ctypes.c_int], ctypes.c_char_p
+
+    def error(self, code: int) -> str:
+        if code < 0:
+            return _MODEL_ERRORS.get(code, f"error {code}")
+        return f"GEMM error {code}: {self.strerror(code).decode()}"
+
+
+class X86CompiledModel(torch.nn.Module):
+    """A model compiled for x86: float NCHW tensors in, float tensors out."""
+
+    def __init__(self, library: Path, weights: bytes, source: str, isa: str, *, threads: Optional[int] = None,
+                 runtime_flags: Optional[list] = None, recompile: Optional[Callable[[int], "X86CompiledModel"]] = None):
+        super().__init__()
+        self.native = _Native(library, weights)
+        self.source = source
+        self.isa = isa
+        self.runtime_flags = runtime_flags
+        self.threads = threads
+        self._recompile = recompile
+        self._by_batch: dict[int, X86CompiledModel] = {}
+        man = self.native.manifest
+        self.input_shapes = [tuple(s["shape"]) for s in man["inputs"]]
+        self.output_specs = man["outputs"]
+        self.tuple_output = bool(man.get("tuple_output"))
+        self.batch = self.input_shapes[0][0] if self.input_shapes and self.input_shapes[0] else 1
+        # the arena: one per module, 64-byte aligned, reused by every call
+        self._arena_bytes = nbytes = int(self.native.cdll.qc_model_arena_bytes())
+        self._arena_owner = torch.empty(nbytes + 64, dtype=torch.uint8)
+        self._arena_ptr = self._arena_owner.data_ptr() + (-self._arena_owner.data_ptr()) % 64
+        # ctypes releases the GIL: calls from two Python threads must not share the arena at once
+        self._arena_lock = threading.Lock()
+
+    @property
+    def manifest(self) -> dict:
+        return self.native.manifest
+
+    def _threads(self) -> int:
+        return int(self.threads) if self.threads else torch.get_num_threads()
+
+    def check_inputs(self, inputs: tuple) -> list[torch.Tensor]:
+        if len(inputs) != len(self.input_shapes):
+            raise ValueError(f"expected {len(self.input_shapes)} input tensors, got {len(inputs)}")
+        checked = []
+        for i, (x, shape) in enumerate(zip(inputs, self.input_shapes)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
+            if not x.is_floating_point():
+                raise TypeError(f"input {i} must be a float tensor, got {x.dtype}")
+            if x.device.type != "cpu":
+                raise ValueError(f"input {i} must be on the CPU, got {x.device}")
+            if tuple(x.shape) != shape:
+                raise ValueError(f"input {i} has shape {tuple(x.shape)}, but this model was compiled for {shape}")
+            checked.append(x.detach().to(torch.float32).contiguous())
+        return checked
+
+    def _other_batch(self, inputs: tuple) -> Optional["X86CompiledModel"]:
+        """The module for another batch size, compiled on first use (when that is possible)."""
+        if not inputs or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() == 0:
+            return None
+        n = int(inputs[0].shape[0])
+        if n == self.batch or not all(isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n
+                                      for x in inputs):
+            return None
+        if tuple(inputs[0].shape[1:]) != self.input_shapes[0][1:]:
+            return None             # a shape error, reported by check_inputs
+        if self._recompile is None:
+            raise ValueError(f"this model was built for batch size {self.batch}, got {n}; compile it again "
+                             "for that batch size (a bundle runs only the batch it was built for)")
+        if n not in self._by_batch:
+            self._by_batch[n] = self._recompile(n)
+        module = self._by_batch[n]
+        module.threads = self.threads
+        return module
+
+    def forward(self, *inputs, return_int: bool = False):
+        other = self._other_batch(inputs)
+        if other is not None:
+            return other(*inputs, return_int=return_int)
+        xs = self.check_inputs(inputs)
+        outs = [torch.empty(tuple(s["shape"]), dtype=_DTYPES[s["dtype"]] if return_int else torch.float32)
+                for s in self.output_specs]
+        in_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
+        in_numel = (ctypes.c_int64 * max(len(xs), 1))(*[x.numel() for x in xs])
+        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.data_ptr() for o in outs])
+        out_numel = (ctypes.c_int64 * max(len(outs), 1))(*[o.numel() for o in outs])
+        with self._arena_lock:
+            code = self.native.cdll.qc_model_run_checked(in_ptrs, in_numel, len(xs), out_ptrs, out_numel,
+                                                         len(outs), int(return_int), self._arena_ptr,
+                                                         self._arena_bytes, self._threads())
+        if code != 0:
+            raise NativeModelError(f"qc_model_run failed: {self.native.error(code)}")
+        return tuple(outs) if self.tuple_output else outs[0]
+
+    # -- bundles ---------------------------------------------------------------------------
+
+    def save(self, path) -> Path:
+        """Write a self-contained bundle directory (buildable with plain gcc: build.sh)."""
+        from .runtime_library import MODEL_HEADERS, runtime_flags, runtime_source
+
+        out = Path(path)
+        (out / "runtime").mkdir(parents=True, exist_ok=True)
+        (out / "model.c").write_text(self.source)
+        (out / "model.h").write_text(MODEL_HEADER)
+        (out / "weights.bin").write_bytes(self.native.weights)
+        (out / "runtime" / "qc_x86_runtime.c").write_text(runtime_source())
+        for header in MODEL_HEADERS:
+            shutil.copyfile(header, out / "runtime" / header.name)
+        flags = self.runtime_flags or runtime_flags(self.isa)
+        manifest = {"format": BUNDLE_FORMAT, "target": "x86", "isa": self.isa, "runtime_flags": flags,
+                    **self.native.manifest}
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        script = out / "build.sh"
+        script.write_text(_build_script(flags))
+        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        return out
+
+
+def _build_script(flags: list[str]) -> str:
+    return f"""#!/bin/sh
+# Builds libqc_model.so from this bundle with plain gcc (one library: runtime + GEMM + model).
+# -ffp-contract=off is required: requantization must not be contracted into FMAs.
+set -e
+cd "$(dirname "$0")"
+CC="${{CC:-gcc}}"
+"$CC" -shared -fPIC -ffp-contract=off {' '.join(flags)} -Iruntime \\
+    runtime/qc_x86_runtime.c model.c -o libqc_model.so
+echo "built $(pwd)/libqc_model.so"
+"""
+
+
+def load_bundle(path, *, threads: Optional[int] = None) -> X86CompiledModel:
+    """Load a bundle written by :meth:`X86CompiledModel.save` (builds it through the cache)."""
+    from .backend import model_flags
+    from .runtime_library import runtime_name
+
+    root = Path(path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    if manifest.get("format") != BUNDLE_FORMAT or manifest.get("target") != "x86":
+        raise ValueError(f"{root} is not an x86 bundle of format {BUNDLE_FORMAT}")
+    runtime_src = (root / "runtime" / "qc_x86_runtime.c").read_text()
+    runtime = toolchain.build_shared_library(runtime_src, flags=manifest["runtime_flags"],
+                                             name=runtime_name(manifest["isa"]))
+    source = (root / "model.c").read_text()
+    flags = [f for f in model_flags(runtime) if not f.startswith("-I")] + [f"-I{(root / 'runtime').resolve()}"]
+    lib = toolchain.build_shared_library(source, flags=flags, name="qc_model")
+    weights = (root / "weights.bin").read_bytes()
+    model = X86CompiledModel(lib, weights, source, manifest["isa"], threads=threads,
+                             runtime_flags=manifest["runtime_flags"])
+    if model.manifest.get("weights_sha256") != manifest.get("weights_sha256"):
+        raise ValueError(f"{root}: model.c and manifest.json disagree on the weights")
+    return model

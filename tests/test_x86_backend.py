@@ -1,0 +1,281 @@
+"""The x86 whole-model compiler: bit-exact with the reference on real models in both
+requantization modes, the same bytes on every ISA path, input checks before native code,
+bundles, the build cache and deterministic emission. (Per-op conformance, shared by every
+target, is tests/test_conformance.py.)"""
+import ctypes
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qcompiler
+from qcompiler import QConfig, TensorSpec
+from qcompiler.core.integer_ops import Dequantize
+from qcompiler.core.reference import run_reference
+from qcompiler.zoo import prepare_random_model, smooth_random_images
+
+ok, why = qcompiler.available_targets().get("x86", (False, "not registered"))
+pytestmark = pytest.mark.skipif(not ok, reason=f"x86 target unavailable: {why}")
+
+from qcompiler.backends.c_emitter import BackendUnsupported  # noqa: E402
+from qcompiler.backends.x86 import X86CompiledModel, load_bundle  # noqa: E402
+
+
+class SmallNet(nn.Module):
+    """Every kernel in a few layers: 3x3/1x1/grouped/depthwise convs, pools, add, cat, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 2, 1)
+        self.dw = nn.Conv2d(16, 16, 3, 1, 1, groups=16)
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.grouped = nn.Conv2d(16, 8, 3, 1, 1, groups=4)
+        self.fc = nn.Linear(24 * 2 * 2, 10)
+
+    def forward(self, x):
+        y = F.relu(self.stem(x))
+        y = F.max_pool2d(y, 3, 2, 1)
+        z = F.relu6(self.dw(y))
+        y = F.relu(self.pw(z) + y)
+        y = torch.cat([y, self.grouped(y)], 1)
+        y = F.avg_pool2d(y, 2)
+        return self.fc(torch.flatten(y, 1))
+
+
+def quantized(model, x, mode="fp32", act="uint8"):
+    cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))
+    return qcompiler.quantize(model.eval(), [(x,)], config=cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    return quantized(SmallNet(), x), x
+
+
+@pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_whole_models_bit_exact(name, mode):
+    model = prepare_random_model(name, calib_images=2, size=64, num_classes=10)
+    x = smooth_random_images(2, size=64, seed=3)
+    qm = quantized(model, x, mode)          # min/max observers: the fastest calibration
+    compiled = qcompiler.compile(qm, target="x86")
+    assert torch.equal(compiled(x), qm(x))
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+def test_small_net_and_int_outputs(act):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 16, 16)
+    qm = quantized(SmallNet(), x, "fixed_point", act)
+    compiled = qcompiler.compile(qm, target="x86")
+    assert torch.equal(compiled(x), qm(x))
+    # return_int: the integers the final Dequantize reads, in the reference's dtype
+    gm = qm.graph_module
+    _, values = run_reference(gm, x, capture=True)
+    dq = next(n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), Dequantize))
+    ints = compiled(x, return_int=True)
+    assert ints.dtype == values[dq.args[0].name].dtype
+    assert torch.equal(ints, values[dq.args[0].name])
+
+
+@pytest.mark.parametrize("features", ["avx2,fma", "avx2,avx_vnni", ""])
+def test_forced_isa_paths_give_identical_bytes(small, features, monkeypatch):
+    from qcompiler.backends.x86 import choose_isa
+    qm, x = small
+    native = qcompiler.compile(qm, target="x86")(x)
+    monkeypatch.setenv("QCOMPILER_CPU_FEATURES", features)
+    expected_isa = choose_isa()
+    compiled = qcompiler.compile(qm, target="x86")
+    assert compiled.isa == expected_isa
+    assert torch.equal(compiled(x), native)
+    assert torch.equal(native, qm(x))
+
+
+def test_input_checks_before_native_code(small):
+    qm, x = small
+    compiled = qcompiler.compile(qm, target="x86")
+    with pytest.raises(ValueError, match="compiled for"):
+        compiled(torch.randn(2, 3, 17, 16))
+    with pytest.raises(TypeError, match="float"):
+        compiled(torch.zeros(2, 3, 16, 16, dtype=torch.int32))
+    with pytest.raises(ValueError, match="expected 1 input"):
+        compiled(x, x)
+    with pytest.raises(TypeError):
+        compiled("not a tensor")
+
+
+def test_native_entry_rejects_null_pointers(small):
+    qm, x = small
+    compiled = qcompiler.compile(qm, target="x86")
+    cdll = compiled.native.cdll
+    ins = (ctypes.c_void_p * 1)(x.data_ptr())
+    outs = (ctypes.c_void_p * 1)(None)
+    assert cdll.qc_model_run(ins, outs, compiled._arena_ptr, 1) == -1
+    out = torch.empty(2, 10)
+    outs = (ctypes.c_void_p * 1)(out.data_ptr())
+    assert cdll.qc_model_run(ins, outs, None, 1) == -1
+    assert cdll.qc_model_init(b"QCWEIGHT", 8) == -2     # wrong size: refused
+    # the checked entry the module calls refuses buffers of the wrong size
+    n_in, n_out = (ctypes.c_int64 * 1)(x.numel()), (ctypes.c_int64 * 1)(out.numel() - 1)
+    assert cdll.qc_model_run_checked(ins, n_in, 1, outs, n_out, 1, 0, compiled._arena_ptr,
+                                     compiled._arena_bytes, 1) == -5
+    n_out[0] = out.numel()
+    assert cdll.qc_model_run_checked(ins, n_in, 1, outs, n_out, 1, 0, compiled._arena_ptr,
+                                     compiled._arena_bytes - 1, 1) == -5
+    assert cdll.qc_model_run_checked(ins, n_in, 1, outs, n_out, 1, 0, compiled._arena_ptr,
+                                     compiled._arena_bytes, 1) == 0
+    assert torch.equal(out, qm(x))
+
+
+def test_other_batch_sizes_and_threads(small):
+    qm, x = small
+    compiled = qcompiler.compile(qm, target="x86", )
+    x3 = torch.randn(3, 3, 16, 16)
+    assert torch.equal(compiled(x3), qm(x3))
+    compiled.threads = 1
+    one = compiled(x)
+    compiled.threads = 2
+    assert torch.equal(compiled(x), one)
+
+
+def test_bundle_roundtrip(small, tmp_path):
+    qm, x = small
+    compiled = qcompiler.compile(qm, target="x86")
+    bundle = compiled.save(tmp_path / "bundle")
+    names = {p.name for p in bundle.rglob("*") if p.is_file()}
+    assert {"model.c", "model.h", "weights.bin", "build.sh", "manifest.json", "qc_x86_runtime.c"} <= names
+    assert not any(n.endswith((".pt", ".pkl", ".pickle")) for n in names)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["inputs"][0]["shape"] == [2, 3, 16, 16]
+    assert manifest["outputs"][0]["shape"] == [2, 10]
+    loaded = load_bundle(bundle)
+    assert isinstance(loaded, X86CompiledModel)
+    assert torch.equal(loaded(x), compiled(x))
+    with pytest.raises(ValueError, match="batch size"):
+        loaded(torch.randn(3, 3, 16, 16))
+
+
+def test_cache_hit_and_deterministic_emission(small):
+    qm, x = small
+    first = qcompiler.compile(qm, target="x86")
+    start = time.perf_counter()
+    second = qcompiler.compile(qm, target="x86")
+    elapsed = time.perf_counter() - start
+    assert second.native.path == first.native.path          # same content hash: the cached library
+    assert second.source == first.source                    # same graph -> same bytes
+    assert second.native.weights == first.native.weights
+    assert elapsed < 5.0, f"a cached compile took {elapsed:.2f} s"
+    assert "/* [" in first.source and "stem" in first.source  # one comment per layer, naming it
+
+
+def test_float_island_is_a_clear_compile_error():
+    model = nn.Sequential(nn.Linear(8, 4), nn.Softmax(dim=1), nn.Linear(4, 2)).eval()
+    x = torch.randn(3, 8)
+    qm = qcompiler.quantize(model, [(x,)], progress=False)
+    with pytest.raises(BackendUnsupported, match="float island"):
+        qcompiler.compile(qm, target="x86")
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="build.sh uses gcc")
+def test_bundle_builds_with_plain_gcc(small, tmp_path):
+    """build.sh alone (no qcompiler) gives a library that computes the same bytes."""
+    qm, x = small
+    compiled = qcompiler.compile(qm, target="x86")
+    bundle = compiled.save(tmp_path / "bundle")
+    subprocess.run(["sh", str(bundle / "build.sh")], check=True, capture_output=True, timeout=300)
+    lib = ctypes.CDLL(str(bundle / "libqc_model.so"))
+    lib.qc_model_arena_bytes.restype = ctypes.c_int64
+    weights = (bundle / "weights.bin").read_bytes()
+    assert lib.qc_model_init(weights, ctypes.c_int64(len(weights))) == 0
+    arena = torch.empty(lib.qc_model_arena_bytes() + 64, dtype=torch.uint8)
+    out = torch.empty(2, 10)
+    ins, outs = (ctypes.c_void_p * 1)(x.data_ptr()), (ctypes.c_void_p * 1)(out.data_ptr())
+    assert lib.qc_model_run(ins, outs, ctypes.c_void_p(arena.data_ptr()), 1) == 0
+    assert torch.equal(out, qm(x))
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.conv = nn.Conv2d(4, 6, 3, 1, 2, dilation=2)
+        self.fc = nn.Linear(6 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+EDGE_CASES = {
+    "dilated_conv": lambda m, x: m.conv(x),
+    "avg_pool_ceil_include_pad": lambda m, x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=True),
+    "avg_pool_ceil_exclude_pad": lambda m, x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    "avg_pool_divisor_override": lambda m, x: F.avg_pool2d(x, 2, divisor_override=3),
+    "adaptive_pool_uneven": lambda m, x: F.adaptive_avg_pool2d(x, (4, 3)),
+    "cat_height_with_relu": lambda m, x: torch.cat([x, F.relu(x)], 2),     # relu arrives as clamp(q, zp)
+    "mul_relu": lambda m, x: F.relu(x * x),
+    "flatten_nchw_order": lambda m, x: m.fc(torch.flatten(F.max_pool2d(F.relu(m.conv(x)), 2), 1)),
+    # the flattened tensor goes to a linear layer (weights permuted) and out (transposed)
+    "flatten_two_users": lambda m, x: _flatten_two_users(m, x),
+}
+
+
+def _flatten_two_users(m, x):
+    f = torch.flatten(F.max_pool2d(F.relu(m.conv(x)), 2), 1)
+    return m.fc(f), f
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+def test_edge_cases_bit_exact(case, act):
+    torch.manual_seed(2)
+    x = torch.randn(2, 4, 9, 9)
+    qm = quantized(Lambda(EDGE_CASES[case]), x, "fixed_point" if act == "int8" else "fp32", act)
+    got, want = qcompiler.compile(qm, target="x86")(x), qm(x)
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+class _Rq(ctypes.Structure):
+    _fields_ = [("mode", ctypes.c_int32), ("mult", ctypes.c_void_p), ("m0", ctypes.c_void_p),
+                ("shift", ctypes.c_void_p), ("zp", ctypes.c_int32), ("qmin", ctypes.c_int32),
+                ("qmax", ctypes.c_int32)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.sampled_from(["fp32", "fixed_point"]), seed=st.integers(0, 2**16), zp=st.integers(0, 255),
+       extreme=st.booleans())
+def test_runtime_requant_matches_the_reference(mode, seed, zp, extreme):
+    """desc/impl: the runtime's vectorized channel requantization == qcompiler.core.quantize."""
+    from qcompiler.backends.x86.backend import choose_isa
+    from qcompiler.backends.x86.runtime_library import runtime_library
+    from qcompiler.core.quantize import fixed_point_multiplier, requantize_fixed_point, requantize_fp32
+
+    g = torch.Generator().manual_seed(seed)
+    n = 37
+    acc = torch.randint(-2**31, 2**31, (n,), generator=g, dtype=torch.int64).to(torch.int32)
+    if extreme:
+        acc[:4] = torch.tensor([-2**31, 2**31 - 1, 0, -1], dtype=torch.int32)
+    real = torch.exp(torch.empty(n, dtype=torch.float64).uniform_(-25, 2, generator=g))
+    m0, shift = fixed_point_multiplier(real)
+    mult = real.to(torch.float32)
+    qmin, qmax = sorted(torch.randint(0, 256, (2,), generator=g).tolist())
+    if mode == "fp32":
+        want = requantize_fp32(acc.to(torch.int64), mult, zp, qmin, qmax)
+    else:
+        want = requantize_fixed_point(acc.to(torch.int64), m0, shift, zp, qmin, qmax)
+    mult32, m032, shift32 = mult.contiguous(), m0.to(torch.int32), shift.to(torch.int32)
+    rq = _Rq(1 if mode == "fp32" else 2, mult32.data_ptr(), m032.data_ptr(), shift32.data_ptr(), zp, qmin, qmax)
+    lib = ctypes.CDLL(str(runtime_library(choose_isa())[0]))
+    out = torch.empty(n, dtype=torch.uint8)
+    lib.qc_rt_requant_channels(ctypes.c_void_p(acc.data_ptr()), ctypes.c_void_p(out.data_ptr()),
+                               ctypes.c_int64(n), ctypes.byref(rq))
+    assert torch.equal(out.to(torch.int64), want)
