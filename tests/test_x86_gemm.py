@@ -75,7 +75,8 @@ def test_available_isas_follow_the_cpu():
         assert "avxvnni" in ISAS
     assert g.best_isa() in ISAS
     assert not g.best_isa().endswith("_emu")
-    assert ("amx" in ISAS) == bool(LIB.cdll.qc_isa_supported(g._ISA_ID["amx"]))
+    if "amx" in ISAS:                       # AMX is decided by CPUID (cpu.py does not list it)
+        assert LIB.cdll.qc_isa_supported(g._ISA_ID["amx"])
 
 
 def test_auto_runs_few_rows_of_amx_weights_on_avx512_vnni():
