@@ -14,7 +14,8 @@ import warnings
 
 # /proc/cpuinfo flag → our feature name. x86 lists them under "flags", arm64 under "Features".
 _X86 = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
-        "avx512vl": "avx512vl", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni"}
+        "avx512vl": "avx512vl", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni",
+        "amx_tile": "amx_tile", "amx_int8": "amx_int8"}
 _ARM = {"asimd": "neon", "asimddp": "neon_dot", "i8mm": "i8mm"}
 KNOWN_FEATURES = frozenset(_X86.values()) | frozenset(_ARM.values())
 

@@ -87,7 +87,7 @@ def test_small_net_and_int_outputs(act):
     assert torch.equal(ints, values[dq.args[0].name])
 
 
-@pytest.mark.parametrize("features", ["avx2,fma", "avx2,avx_vnni", ""])
+@pytest.mark.parametrize("features", ["avx2,avx512f,avx512bw,avx512vl,avx512_vnni", "avx2,fma", "avx2,avx_vnni", ""])
 def test_forced_isa_paths_give_identical_bytes(small, features, monkeypatch):
     from qcompiler.backends.x86 import choose_isa
     qm, x = small

@@ -33,6 +33,7 @@ SUPPORTED_OPS = frozenset({
 
 #: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
 ISA_PREFERENCE = (
+    ("amx", frozenset({"avx512f", "avx512bw", "avx512vl", "amx_tile", "amx_int8"})),
     ("avx512vnni", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni"})),
     ("avxvnni", frozenset({"avx2", "avx_vnni"})),
     ("avx2", frozenset({"avx2"})),
@@ -42,7 +43,11 @@ ISA_PREFERENCE = (
 
 def choose_isa(features: Optional[frozenset] = None) -> str:
     features = cpu.cpu_features() if features is None else features
-    return next(isa for isa, needs in ISA_PREFERENCE if needs <= features)
+    for isa, needs in ISA_PREFERENCE:
+        # AMX also needs the kernel's permission for tile state, which only CPUID + arch_prctl tell
+        if needs <= features and (isa != "amx" or gemm.isa_supported("amx")):
+            return isa
+    raise AssertionError("unreachable: scalar needs nothing")
 
 
 class X86Gemm(GemmLowering):

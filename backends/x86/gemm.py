@@ -92,7 +92,7 @@ _FAMILY = {"scalar": "scalar", "avx2": "avx2", "avxvnni": "avxvnni", "avx512vnni
 #: CPU features (backends/cpu.py vocabulary) each kernel needs; AMX itself is not in that
 #: vocabulary, so CPUID (and the OS's grant of the tile state) decides it, in C
 _NEEDS = {
-    "amx": frozenset({"avx512f", "avx512bw", "avx512vl"}),
+    "amx": frozenset({"avx512f", "avx512bw", "avx512vl", "amx_tile", "amx_int8"}),
     "amx_emu": frozenset({"avx512f", "avx512bw", "avx512vl"}),
     "scalar": frozenset(),
     "avx2": frozenset({"avx2"}),

@@ -31,7 +31,8 @@ VARIANT_FLAGS = {
     "avx512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl"),
 }
 #: the runtime variant each GEMM ISA runs with (the CPU running that ISA has these features)
-VARIANT_OF_ISA = {"scalar": "baseline", "avx2": "avx2", "avxvnni": "avx2", "avx512vnni": "avx512"}
+VARIANT_OF_ISA = {"scalar": "baseline", "avx2": "avx2", "avxvnni": "avx2", "avx512vnni": "avx512",
+                  "amx": "avx512"}
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 _lock = threading.Lock()
