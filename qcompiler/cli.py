@@ -38,11 +38,23 @@ def main():
 @click.option("--retrain", is_flag=True, help="Ignore the cached float weights and retrain.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
               help="torch intra-op threads while timing (default: torch's own setting).")
-def demo(json_path, requant_mode, retrain, threads):
+@click.option("--target", default="auto", show_default=True, metavar="NAME",
+              help="where the int8 model runs: 'reference', 'x86', or 'auto' (x86 when available).")
+def demo(json_path, requant_mode, retrain, threads, target):
     """Train (or load) a digits CNN, quantize it to int8 and compare it with float."""
+    import qcompiler
+
     from .demo import run_demo
 
-    run_demo(json_path=json_path, requant_mode=requant_mode, retrain=retrain, threads=threads)
+    targets = qcompiler.available_targets()
+    if target == "auto":
+        target = "x86" if targets.get("x86", (False, ""))[0] else "reference"
+    elif target not in targets:
+        raise click.BadParameter(f"unknown target {target!r}; registered: {sorted(targets)}")
+    elif not targets[target][0]:
+        raise click.BadParameter(f"target {target!r} is not available here: {targets[target][1]}")
+    run_demo(json_path=json_path, requant_mode=requant_mode, retrain=retrain, threads=threads,
+             target=target)
 
 
 @main.command()
