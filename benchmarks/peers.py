@@ -23,27 +23,12 @@ import io
 import logging
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qcompiler.core.report import sqnr_db  # noqa: F401 - re-exported for the benchmark scripts
+
 __all__ = ["pytorch_fx_int8", "pytorch_pt2e_int8", "sqnr_db"]
-
-
-def sqnr_db(ref: Tensor, out: Tensor) -> float:
-    """Signal-to-quantization-noise ratio, ``10*log10(sum(ref^2) / sum((ref-out)^2))``,
-    computed in float64. ``inf`` when ``out == ref`` exactly."""
-    r = torch.as_tensor(ref).detach().to(torch.float64)
-    o = torch.as_tensor(out).detach().to(torch.float64)
-    if r.shape != o.shape:
-        raise ValueError(f"shape mismatch: ref {tuple(r.shape)} vs out {tuple(o.shape)}")
-    signal = float((r * r).sum())
-    noise = float(((r - o) ** 2).sum())
-    if noise == 0.0:
-        return float("inf")
-    if signal == 0.0:
-        return float("-inf")
-    return float(10.0 * np.log10(signal / noise))
 
 
 def _set_x86_engine() -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 import torch
+
+from qcompiler.core.report import sqnr_db
 import torch.nn as nn
 
 from .zoo.digits import get_trained_digits_cnn, load_digits_split
@@ -52,19 +54,6 @@ def quantized_size_bytes(qmodel: nn.Module) -> int:
     if callable(size_fn):
         return int(size_fn())
     return module_size_bytes(qmodel)
-
-
-def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """``10 log10(sum f^2 / sum (f - q)^2)`` in float64; +inf when identical."""
-    f = reference.detach().double()
-    q = approx.detach().double()
-    signal = float((f * f).sum())
-    noise = float(((f - q) ** 2).sum())
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
 
 
 @torch.no_grad()
