@@ -17,7 +17,7 @@ class ChannelMean:
             return
         axis = self.axis % x.dim()
         dims = [d for d in range(x.dim()) if d != axis]
-        s = x.detach().to(torch.float64).sum(dims)
+        s = x.detach().sum(dims, dtype=torch.float64)      # no float64 copy of the batch
         self.sum = s if self.sum is None else self.sum + s
         self.count += x.numel() // x.shape[axis]
 
