@@ -255,10 +255,10 @@ class Lowering:
                 + (f" g{groups}" if groups > 1 else "") + f", {cin}->{cout}, {h}x{w}->{oh}x{ow}")
         bias = mod.bias if mod.bias is not None else torch.zeros(o, dtype=torch.int32)
         if cg == 1 and og == 1 and o <= DEPTHWISE_MAX_CHANNELS:
-            w_dw = mod.weight.reshape(o, kh * kw).t().contiguous().to(torch.int16)   # [kh*kw][C]
+            w_dw = mod.weight.reshape(o, kh * kw).t().contiguous().to(torch.int32)   # [kh*kw][C]
             rq = RequantArrays.from_requant(mod.requant, o, out.signed)
             line = (f"qc_rt_depthwise({self.ptr(x)}, {self.ptr(out)}, {geom}, {x.zp}, "
-                    f"{self.weight(w_dw, 'int16_t')}, {self.weight(bias.to(torch.int32), 'int32_t')}, "
+                    f"{self.weight(w_dw, 'int32_t')}, {self.weight(bias.to(torch.int32), 'int32_t')}, "
                     f"{self.rq_literal(rq)}, threads);")
             self.add_step(f"{what}, depthwise ({node.name})", [line], reads=[x], writes=[out])
             self.values[node] = out

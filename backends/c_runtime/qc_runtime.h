@@ -88,9 +88,10 @@ QC_RT_EXPORT void qc_rt_im2col(const uint8_t *x, uint8_t *col, const qc_window *
                                uint8_t pad, int threads);
 
 /* QConv, depthwise (groups == channels, one output per channel): exact int32
- * sum of (x - zx) * w[kh*kw][c] + bias[c], requantized per channel */
+ * sum of (x - zx) * w[kh*kw][c] + bias[c], requantized per channel (weights as int32: the
+ * kernel works in int32 lanes; c <= 4096) */
 QC_RT_EXPORT void qc_rt_depthwise(const uint8_t *x, uint8_t *y, const qc_window *g, int32_t zx,
-                                  const int16_t *w, const int32_t *bias, const qc_rq *rq, int threads);
+                                  const int32_t *w, const int32_t *bias, const qc_rq *rq, int threads);
 
 /* max_pool2d on NHWC (padding never wins; windows are clipped to the input) */
 QC_RT_EXPORT void qc_rt_max_pool(const uint8_t *x, uint8_t *y, const qc_window *g, int threads);
