@@ -42,6 +42,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from qcompiler.backends import toolchain  # noqa: E402
 from qcompiler.backends.x86 import gemm as qg
 
 SECTION = "## int8 GEMM (issue 3)"
@@ -297,7 +298,7 @@ def versions_line() -> str:
         parts.append(f"onnxruntime {onnxruntime.__version__}")
     except ImportError:
         parts.append("onnxruntime not installed")
-    cc = subprocess.run([qg.toolchain.find_compiler(), "--version"], capture_output=True, text=True).stdout
+    cc = subprocess.run([toolchain.find_compiler(), "--version"], capture_output=True, text=True).stdout
     parts.append(cc.splitlines()[0] if cc else "cc ?")
     return ", ".join(parts)
 
