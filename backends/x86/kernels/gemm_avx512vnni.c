@@ -55,62 +55,13 @@
 
 #if !defined(QC_NO_NATIVE_VNNI) || defined(QC_EMULATE_VNNI)
 
-static inline __attribute__((always_inline)) void
-QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, int64_t groups,
-            int rem, int32_t *scr, int first, int last, int64_t row0, int64_t n0)
-{
-    __m512i acc[MR][NV];
-    const int64_t lda = t->lda_bytes;
-#pragma GCC unroll 16
-    for (int i = 0; i < mr; i++)
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++)
-            acc[i][v] = first ? _mm512_loadu_si512((const void *)(t->bias + n0 + 16 * v))
-                              : _mm512_loadu_si512((const void *)(scr + i * NR + 16 * v));
-    const uint8_t *ap = a;
-    for (int64_t g = 0; g < groups; g++) {
-        __m512i bv[NV];
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_si512((const void *)(b + 64 * v));
-        b += NR * 4;
-#pragma GCC unroll 16
-        for (int i = 0; i < mr; i++) {
-            int32_t x;
-            memcpy(&x, ap + i * lda, 4);
-            const __m512i av = _mm512_set1_epi32(x);
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; v++) acc[i][v] = QC_DPBUSD(acc[i][v], av, bv[v]);
-        }
-        ap += 4;
-    }
-    if (rem) {
-        __m512i bv[NV];
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_si512((const void *)(b + 64 * v));
-#pragma GCC unroll 16
-        for (int i = 0; i < mr; i++) {
-            const __m512i av = _mm512_set1_epi32(qc_load_partial4(ap + i * lda, rem));
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; v++) acc[i][v] = QC_DPBUSD(acc[i][v], av, bv[v]);
-        }
-    }
-    if (!last) {
-#pragma GCC unroll 16
-        for (int i = 0; i < mr; i++)
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; v++)
-                _mm512_storeu_si512((void *)(scr + i * NR + 16 * v), acc[i][v]);
-        return;
-    }
-    const int64_t nvalid = t->n - n0;
-#pragma GCC unroll 16
-    for (int i = 0; i < mr; i++)
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++) {
-            const int64_t cnt = nvalid - 16 * v;
-            if (cnt > 0) qc_store16(t, acc[i][v], row0 + i, n0 + 16 * v, cnt >= 16 ? 16 : (int)cnt);
-        }
-}
+#define QC_VEC __m512i
+#define QC_LANES 16
+#define QC_VLOAD(p) _mm512_loadu_si512((const void *)(p))
+#define QC_VSTORE(p, v) _mm512_storeu_si512((void *)(p), (v))
+#define QC_VSET1(x) _mm512_set1_epi32(x)
+#define QC_VSTORE_OUT qc_store16
+#include "vnni_tile.h"
 
 #include "gemm_driver.h"
 

@@ -53,62 +53,13 @@
 
 #if !defined(QC_NO_NATIVE_VNNI) || defined(QC_EMULATE_VNNI)
 
-static inline __attribute__((always_inline)) void
-QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, int64_t groups,
-            int rem, int32_t *scr, int first, int last, int64_t row0, int64_t n0)
-{
-    __m256i acc[MR][NV];
-    const int64_t lda = t->lda_bytes;
-#pragma GCC unroll 16
-    for (int i = 0; i < mr; i++)
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++)
-            acc[i][v] = first ? _mm256_loadu_si256((const __m256i *)(t->bias + n0 + 8 * v))
-                              : _mm256_loadu_si256((const __m256i *)(scr + i * NR + 8 * v));
-    const uint8_t *ap = a;
-    for (int64_t g = 0; g < groups; g++) {
-        __m256i bv[NV];
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++) bv[v] = _mm256_loadu_si256((const __m256i *)(b + 32 * v));
-        b += NR * 4;
-#pragma GCC unroll 16
-        for (int i = 0; i < mr; i++) {
-            int32_t x;
-            memcpy(&x, ap + i * lda, 4);
-            const __m256i av = _mm256_set1_epi32(x);
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; v++) acc[i][v] = QC_DPBUSD(acc[i][v], av, bv[v]);
-        }
-        ap += 4;
-    }
-    if (rem) {
-        __m256i bv[NV];
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++) bv[v] = _mm256_loadu_si256((const __m256i *)(b + 32 * v));
-#pragma GCC unroll 16
-        for (int i = 0; i < mr; i++) {
-            const __m256i av = _mm256_set1_epi32(qc_load_partial4(ap + i * lda, rem));
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; v++) acc[i][v] = QC_DPBUSD(acc[i][v], av, bv[v]);
-        }
-    }
-    if (!last) {
-#pragma GCC unroll 16
-        for (int i = 0; i < mr; i++)
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; v++)
-                _mm256_storeu_si256((__m256i *)(scr + i * NR + 8 * v), acc[i][v]);
-        return;
-    }
-    const int64_t nvalid = t->n - n0;
-#pragma GCC unroll 16
-    for (int i = 0; i < mr; i++)
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++) {
-            const int64_t cnt = nvalid - 8 * v;
-            if (cnt > 0) qc_store8(t, acc[i][v], row0 + i, n0 + 8 * v, cnt >= 8 ? 8 : (int)cnt);
-        }
-}
+#define QC_VEC __m256i
+#define QC_LANES 8
+#define QC_VLOAD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define QC_VSTORE(p, v) _mm256_storeu_si256((__m256i *)(p), (v))
+#define QC_VSET1(x) _mm256_set1_epi32(x)
+#define QC_VSTORE_OUT qc_store8
+#include "vnni_tile.h"
 
 #include "gemm_driver.h"
 
