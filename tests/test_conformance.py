@@ -49,6 +49,19 @@ def test_conv2d(target, groups, cpg, opg, k, stride, padding, act, mode, act_dty
 
 
 @pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+@pytest.mark.parametrize("cin, cout, k, stride, padding, shape", [
+    (3, 24, 7, 2, 3, (3, 115, 101)),     # an RGB stem: big enough for a target to block its rows
+    (4, 40, 5, 2, 1, (2, 67, 70)),
+    (32, 48, 3, 1, 1, (4, 41, 39)),      # im2col matrix of several MB, odd row count
+])
+def test_large_conv2d(target, mode, cin, cout, k, stride, padding, shape):
+    torch.manual_seed(cin + k)
+    n, h, w = shape
+    assert_bit_exact(Conv(cin, cout, k, stride, padding, 1, "relu"), torch.randn(n, cin, h, w), target, mode)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @settings(max_examples=10)
 @given(channels=st.sampled_from([8, 32, 40]), stride=st.integers(1, 2), mode=modes, seed=st.integers(0, 2**16))
 def test_depthwise_conv(target, channels, stride, mode, seed):

@@ -177,6 +177,21 @@ def test_cache_hit_and_deterministic_emission(small):
     assert "/* [" in first.source and "stem" in first.source  # one comment per layer, naming it
 
 
+def test_profile_times_every_step_of_the_same_source(small, tmp_path):
+    qm, x = small
+    compiled = qcompiler.compile(qm, target="x86")
+    steps = compiled.profile(x, repeats=3)
+    comments = [line.strip() for line in compiled.source.splitlines() if line.strip().startswith("/* [")]
+    assert len(steps) == len(comments) == compiled.native.cdll.qc_model_num_steps()
+    for step, comment in zip(steps, comments):
+        assert comment.startswith(f"/* [{step['index']}] {step['step']}")
+        assert step["ms"] >= 0 and 0 <= step["share"] <= 1
+    assert any("stem" in s["step"] and s["ms"] > 0 for s in steps)
+    assert abs(sum(s["share"] for s in steps) - 1) < 1e-6
+    assert torch.equal(compiled(x), qm(x))            # the plain build is untouched
+    assert load_bundle(compiled.save(tmp_path / "b")).profile(x, repeats=1)
+
+
 def test_float_island_is_a_clear_compile_error():
     model = nn.Sequential(nn.Linear(8, 4), nn.Softmax(dim=1), nn.Linear(4, 2)).eval()
     x = torch.randn(3, 8)

@@ -304,6 +304,22 @@ def test_cache_blocked_loop_nest_is_exact(isa, m, n, k, mode, seed):
     assert torch.equal(g.gemm(a, packed, rq, isa=isa, threads=2, lib=lib), expected)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k", [19, 147, 200, 64])
+def test_rows_readable_past_k_are_read_in_place_and_ignored(isa, k):
+    """A as a view of wider rows (qc_gemm_args.a_cols > k): AMX reads its partial last K
+    block in place; whatever the extra bytes hold (here random), they meet zero weights."""
+    gen = _gen(k)
+    width = -(-k // 64) * 64 + 64
+    wide = _randint(0, 255, (37, width), torch.uint8, gen)
+    a = wide[:, :k]
+    w = _randint(-128, 127, (70, k), torch.int8, gen)
+    packed = g.pack_weights(w, None, 3, isa)
+    out = g.gemm(a, packed, isa=isa, threads=2)
+    assert torch.equal(out.to(torch.int64), _exact_acc(a, w, 3, None))
+    assert torch.equal(out, g.gemm(a.contiguous(), packed, isa=isa, threads=2))
+
+
 _small_lib = {}
 
 
@@ -551,6 +567,7 @@ def test_c_entry_validates_before_touching_memory(isa):
         assert call(**{field: None}) == 1, field
     assert call(m=0) == 2 and call(n=-1) == 2 and call(k=0) == 2 and call(m=2**40) == 2
     assert call(lda=7) == 3 and call(ldc=4) == 3
+    assert call(a_cols=a.shape[1] - 1) == 3 and call(a_cols=a.shape[1] + 1) == 3   # k <= a_cols <= lda
     assert call(b_bytes=packed.data.numel() - 1) == 4 and call(b_nr=packed.blocking.nr * 2) == 4
     assert call(struct_size=8) == 8
     assert call(threads=-1) == 9

@@ -25,9 +25,11 @@ from .program import (BackendUnsupported, GemmLowering, IOSpec, Program, QTensor
 from .weights import WeightsBlob
 
 SERIAL_BELOW_MACS = 1 << 19
-#: value-preserving ops that only change the shape (run as an alias of the same bytes)
 #: channels the runtime's depthwise kernel accumulates on its stack (QC_DW_MAX_CHANNELS)
 DEPTHWISE_MAX_CHANNELS = 4096
+#: strided convolutions over at most this many channels after space-to-depth (s*s*cin) take it
+SPACE_TO_DEPTH_MAX_CHANNELS = 16
+#: value-preserving ops that only change the shape (run as an alias of the same bytes)
 RESHAPES = frozenset({"flatten", "unflatten", "reshape", "squeeze", "unsqueeze", "dropout", "identity"})
 
 
@@ -263,23 +265,52 @@ class Lowering:
             self.add_step(f"{what}, depthwise ({node.name})", [line], reads=[x], writes=[out])
             self.values[node] = out
             return
+        weight, lines, reads, note = mod.weight, [], [x], ""
+        if groups == 1 and sh == sw > 1 and (dh, dw) == (1, 1) and kh > sh and kw > sw \
+                and cin * sh * sw <= SPACE_TO_DEPTH_MAX_CHANNELS:
+            # a thin strided input (an RGB stem): space-to-depth first, so the conv becomes
+            # stride 1 over s*s*cin channels (ResNet's 7x7 s2: 4x4 taps of 12 bytes, K = 192 =
+            # three 64-deep AMX blocks; im2col copies 4 rows of 48 bytes instead of 7 of 21)
+            s = sh
+            kqh, kqw = -(-kh // s), -(-kw // s)
+            h, w, cin = oh - 1 + kqh, ow - 1 + kqw, s * s * cin
+            x2 = self.scratch(n * h * w * cin)
+            lines.append(f"qc_rt_im2col({self.ptr(x)}, QC_BUF({x2.ident}), &(qc_window){{{n}, {x.shape[2]}, "
+                         f"{x.shape[3]}, {x.shape[1]}, {h}, {w}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, 0, "
+                         f"{x.shape[1]}, {x.zp}, threads);")
+            padded = torch.zeros((o, cg, kqh * s, kqw * s), dtype=weight.dtype)
+            padded[:, :, :kh, :kw] = weight
+            # [o, c, ky'*s + dy, kx'*s + dx] -> [o, (dy, dx, c), ky', kx']: the channel order of x2
+            weight = padded.reshape(o, cg, kqh, s, kqw, s).permute(0, 3, 5, 1, 2, 4).reshape(o, cin, kqh, kqw)
+            x = QTensor((n, cin, h, w), "nhwc", x.zp, x.signed, x.qparams, x2)
+            reads.append(x2)
+            cg, kh, kw, sh, sw, ph, pw = cin, kqh, kqw, 1, 1, 0, 0
+            geom = f"&(qc_window){{{n}, {h}, {w}, {cin}, {oh}, {ow}, {kh}, {kw}, 1, 1, 0, 0, 1, 1}}"
+            note = f"space-to-depth to {kh}x{kw} s1 over {cin} channels, "
         m = n * oh * ow
         k = kh * kw * cg
         direct = kh == 1 and kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0)
-        col = None if direct else self.scratch(m * k)
-        lines = []
+        col, how = None, "GEMM on NHWC rows" if direct else "im2col + GEMM"
         for g in range(groups):
-            w2d = mod.weight[g * og:(g + 1) * og].permute(0, 2, 3, 1).reshape(og, k)   # k = (ky, kx, c)
+            w2d = weight[g * og:(g + 1) * og].permute(0, 2, 3, 1).reshape(og, k)   # k = (ky, kx, c)
             rq = RequantArrays.from_requant(mod.requant, o, out.signed, g * og, (g + 1) * og)
+            args = dict(c=f"{self.ptr(out)} + {g * og}", ldc=o, weight=w2d, bias=bias[g * og:(g + 1) * og],
+                        a_zero_point=x.zp, requant=rq)
             if direct:
-                a, lda = f"{self.ptr(x)} + {g * cg}", cin
-            else:
-                a, lda = f"QC_BUF({col.ident})", k
-                lines.append(f"qc_rt_im2col({self.ptr(x)}, {a}, {geom}, {g * cg}, {cg}, {x.zp}, threads);")
-            lines += self.gemm.emit(self, a=a, lda=lda, m=m, c=f"{self.ptr(out)} + {g * og}", ldc=o,
-                                    weight=w2d, bias=bias[g * og:(g + 1) * og], a_zero_point=x.zp, requant=rq)
-        how = "GEMM on NHWC rows" if direct else "im2col + GEMM"
-        self.add_step(f"{what}, {how} ({node.name})", lines, reads=[x] + ([col] if col else []), writes=[out])
+                lines += self.gemm.emit(self, a=f"{self.ptr(x)} + {g * cg}", lda=cin, m=m, **args)
+                continue
+            fused = self.gemm.emit_conv(self, x=self.ptr(x), geom=geom, c0=g * cg, cg=cg, pad=x.zp, m=m, k=k,
+                                        **args)
+            if fused is not None:
+                lines += fused
+                how = "blocked im2col + GEMM"
+                continue
+            col = col or self.scratch(m * k)
+            a = f"QC_BUF({col.ident})"
+            lines.append(f"qc_rt_im2col({self.ptr(x)}, {a}, {geom}, {g * cg}, {cg}, {x.zp}, threads);")
+            lines += self.gemm.emit(self, a=a, lda=k, m=m, **args)
+        self.add_step(f"{what}, {note}{how} ({node.name})", lines, reads=reads + ([col] if col else []),
+                      writes=[out])
         self.values[node] = out
 
     # -- elementwise -----------------------------------------------------------------------

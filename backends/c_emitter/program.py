@@ -88,6 +88,13 @@ class GemmLowering:
              bias: Optional[torch.Tensor], a_zero_point: int, requant: RequantArrays) -> list[str]:
         raise NotImplementedError
 
+    def emit_conv(self, em: "Lowering", *, x: str, geom: str, c0: int, cg: int, pad: int, m: int, k: int,
+                  c: str, ldc: int, weight: torch.Tensor, bias: Optional[torch.Tensor], a_zero_point: int,
+                  requant: RequantArrays) -> Optional[list[str]]:
+        """A convolution as one fused call (im2col per block of rows + GEMM), or None: the
+        emitter then writes the whole im2col matrix and calls :meth:`emit` on it."""
+        return None
+
     def runtime_headers(self) -> list[str]:
         return []
 

@@ -37,7 +37,10 @@ def render(program: Program, headers: list[str], header_comment: str) -> str:
     body = []
     for i, step in enumerate(program.steps):
         body.append(f"    /* [{i}] {step.comment.replace('*/', '* /')} */")
+        body.append(f"    QC_STEP_BEGIN({i});")
         body += ["    " + _BUF_REF.sub(buf, line) for line in step.lines]
+        body.append(f"    QC_STEP_END({i});")
+    step_names = ",\n    ".join(_c_string(s.comment) for s in program.steps) or '""'
     digest = program.weights_digest
     digest_bytes = ", ".join(f"0x{digest[i:i + 2]}" for i in range(0, len(digest), 2))
     man = json.dumps(manifest(program), sort_keys=True)
@@ -84,6 +87,40 @@ QC_MODEL_EXPORT const char *qc_model_manifest(void)
 {{
     return {_c_string(man)};
 }}
+
+/* per-step wall time, only in a build with -DQC_PROFILE (X86CompiledModel.profile): the
+ * macros are empty otherwise, so the profiled and the plain build run the same code */
+#define QC_NUM_STEPS {len(program.steps)}
+static const char *const qc_step_names[] = {{
+    {step_names}
+}};
+QC_MODEL_EXPORT int qc_model_num_steps(void) {{ return QC_NUM_STEPS; }}
+QC_MODEL_EXPORT const char *qc_model_step_name(int i) {{ return i >= 0 && i < QC_NUM_STEPS ? qc_step_names[i] : NULL; }}
+#ifdef QC_PROFILE
+#include <time.h>
+static int64_t qc_step_ns[QC_NUM_STEPS + 1];
+static int64_t qc_step_t0;
+static inline int64_t qc_now_ns(void)
+{{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}}
+#define QC_STEP_BEGIN(i) (qc_step_t0 = qc_now_ns())
+#define QC_STEP_END(i) (qc_step_ns[(i)] += qc_now_ns() - qc_step_t0)
+/* nanoseconds spent in each step since the last reset; returns the number of steps */
+QC_MODEL_EXPORT int qc_model_profile(int64_t *ns, int reset)
+{{
+    for (int i = 0; i < QC_NUM_STEPS; i++) {{
+        if (ns != NULL) ns[i] = qc_step_ns[i];
+        if (reset) qc_step_ns[i] = 0;
+    }}
+    return QC_NUM_STEPS;
+}}
+#else
+#define QC_STEP_BEGIN(i) ((void)0)
+#define QC_STEP_END(i) ((void)0)
+#endif
 
 static int qc_run(const float *const *inputs, void *const *outputs, int as_int, uint8_t *A, int threads)
 {{
@@ -143,5 +180,10 @@ int qc_model_run_int(const float *const *inputs, void *const *outputs, void *are
 int qc_model_run_checked(const float *const *inputs, const int64_t *input_numel, int n_inputs,
                          void *const *outputs, const int64_t *output_numel, int n_outputs,
                          int as_int, void *arena, int64_t arena_bytes, int threads);
+int qc_model_num_steps(void);                              /* the generated steps, one per node */
+const char *qc_model_step_name(int i);                     /* what step i computes */
+#ifdef QC_PROFILE
+int qc_model_profile(int64_t *ns, int reset);              /* ns per step since the last reset */
+#endif
 #endif
 """

@@ -137,12 +137,16 @@ typedef struct {
     uint8_t pad;
 } qc_im2col_job;
 
-/* copies n bytes: for the few bytes of a thin input (a 3-channel stem: 9 or 21 per kernel
- * row), two overlapping fixed-size copies (single loads and stores); memcpy otherwise */
+/* copies n bytes: up to 64 (a thin input's kernel row: 21 bytes for a 3-channel 7x7 stem, 48
+ * after its space-to-depth), two overlapping fixed-size copies (single loads and stores, no
+ * call); memcpy otherwise */
 static inline void qc_copy_bytes(uint8_t *restrict dst, const uint8_t *restrict src, int64_t n)
 {
-    if (n >= 32) {
+    if (n > 64) {
         memcpy(dst, src, (size_t)n);
+    } else if (n >= 32) {
+        memcpy(dst, src, 32);
+        memcpy(dst + n - 32, src + n - 32, 32);
     } else if (n >= 16) {
         memcpy(dst, src, 16);
         memcpy(dst + n - 16, src + n - 16, 16);
@@ -157,36 +161,57 @@ static inline void qc_copy_bytes(uint8_t *restrict dst, const uint8_t *restrict 
     }
 }
 
-/* one output row (chunk = b * oh + oy) of im2col */
-static void qc_im2col_row(const void *ctx, int64_t chunk, int slot)
+/* rows [r0, r0 + count) of the im2col matrix (row r = (b * oh + oy) * ow + ox; columns
+ * (ky, kx, channel) of channels [c0, c0 + cg)), row stride ldcol; columns past
+ * kh * kw * cg are not written */
+void qc_rt_im2col_rows(const uint8_t *x, uint8_t *col, int64_t ldcol, const qc_window *g, int64_t c0,
+                       int64_t cg, uint8_t pad, int64_t r0, int64_t count)
 {
-    const qc_im2col_job *j = (const qc_im2col_job *)ctx;
-    const qc_window *g = j->g;
-    const int64_t b = chunk / g->oh, oy = chunk % g->oh, cg = j->cg;
-    const int64_t k = (int64_t)g->kh * g->kw * cg;
     /* all channels, undilated: the kw taps of a kernel row are kw * c adjacent bytes */
     const int whole_rows = cg == g->c && g->dw == 1;
-    (void)slot;
-    for (int64_t ox = 0; ox < g->ow; ox++) {
-        uint8_t *row = j->col + (chunk * g->ow + ox) * k;
+    const int64_t seg = (int64_t)g->kw * cg;
+    /* thin inputs (a 3-channel stem: 21 bytes a kernel row): one 32-byte copy per kernel
+     * row, whose spill the next row's copy overwrites (the last one's lands in the row's
+     * K pad, when ldcol leaves room), as long as the 32 bytes lie inside the input */
+    const int wide = whole_rows && seg <= 32 && (g->kh - 1) * seg + 32 <= ldcol;
+    const uint8_t *const x_end = x + g->n * g->h * g->w * g->c;
+    int64_t b = r0 / (g->oh * g->ow), oy = r0 / g->ow % g->oh, ox = r0 % g->ow;
+    for (int64_t r = 0; r < count; r++) {
+        uint8_t *row = col + r * ldcol;
         const int64_t ix0 = ox * g->sw - g->pw;
         const int inside_x = ix0 >= 0 && ix0 + (int64_t)(g->kw - 1) * g->dw < g->w;
         for (int32_t i = 0; i < g->kh; i++) {
             const int64_t iy = oy * g->sh - g->ph + (int64_t)i * g->dh;
             if (whole_rows && inside_x && iy >= 0 && iy < g->h) {
-                qc_copy_bytes(row, j->x + ((b * g->h + iy) * g->w + ix0) * g->c, g->kw * cg);
-                row += g->kw * cg;
+                const uint8_t *src = x + ((b * g->h + iy) * g->w + ix0) * g->c;
+                if (wide && src + 32 <= x_end) memcpy(row, src, 32);
+                else qc_copy_bytes(row, src, seg);
+                row += seg;
                 continue;
             }
             for (int32_t t = 0; t < g->kw; t++, row += cg) {
                 const int64_t ix = ix0 + (int64_t)t * g->dw;
                 if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
-                    memset(row, j->pad, (size_t)cg);
+                    memset(row, pad, (size_t)cg);
                 else
-                    qc_copy_bytes(row, j->x + ((b * g->h + iy) * g->w + ix) * g->c + j->c0, cg);
+                    qc_copy_bytes(row, x + ((b * g->h + iy) * g->w + ix) * g->c + c0, cg);
             }
         }
+        if (++ox == g->ow) {
+            ox = 0;
+            if (++oy == g->oh) { oy = 0; b++; }
+        }
     }
+}
+
+/* one output row (chunk = b * oh + oy) of im2col */
+static void qc_im2col_row(const void *ctx, int64_t chunk, int slot)
+{
+    const qc_im2col_job *j = (const qc_im2col_job *)ctx;
+    const int64_t k = (int64_t)j->g->kh * j->g->kw * j->cg;
+    (void)slot;
+    qc_rt_im2col_rows(j->x, j->col + chunk * j->g->ow * k, k, j->g, j->c0, j->cg, j->pad, chunk * j->g->ow,
+                      j->g->ow);
 }
 
 void qc_rt_im2col(const uint8_t *x, uint8_t *col, const qc_window *g, int64_t c0, int64_t cg,

@@ -86,6 +86,10 @@ typedef struct qc_window {
  * (the input zero point, so padded taps add (zp - zp) * w = 0 as zero padding does) */
 QC_RT_EXPORT void qc_rt_im2col(const uint8_t *x, uint8_t *col, const qc_window *g, int64_t c0, int64_t cg,
                                uint8_t pad, int threads);
+/* the same for rows [r0, r0 + count) only, into col with row stride ldcol >= kh*kw*cg
+ * (row r = (b * oh + oy) * ow + ox); the building block of blocked convolutions */
+QC_RT_EXPORT void qc_rt_im2col_rows(const uint8_t *x, uint8_t *col, int64_t ldcol, const qc_window *g,
+                                    int64_t c0, int64_t cg, uint8_t pad, int64_t r0, int64_t count);
 
 /* QConv, depthwise (groups == channels, one output per channel): exact int32
  * sum of (x - zx) * w[kh*kw][c] + bias[c], requantized per channel (weights as int32: the

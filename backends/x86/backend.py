@@ -44,6 +44,13 @@ ISA_PREFERENCE = (
 #: AMX-packed GEMMs shallower than this run on AVX-512 VNNI (see X86Gemm.call_isa_id)
 AMX_MIN_DEPTH = 128
 
+#: convolutions whose im2col matrix has at least this many bytes, and at least this many rows
+#: per output channel (so streaming W once per block of rows costs less than writing and
+#: re-reading the matrix), run blocked: im2col of CONV_BLOCK_BYTES of rows, then its GEMM
+CONV_BLOCKED_MIN_BYTES = 1 << 20
+CONV_BLOCKED_ROWS_PER_COLUMN = 4
+CONV_BLOCK_BYTES = 256 << 10
+
 
 def choose_isa(features: Optional[frozenset] = None) -> str:
     features = cpu.cpu_features() if features is None else features
@@ -71,8 +78,9 @@ class X86Gemm(GemmLowering):
             return gemm._ISA_ID["avx512vnni"]
         return self.isa_id
 
-    def emit(self, em: Lowering, *, a, lda, m, c, ldc, weight, bias, a_zero_point, requant: RequantArrays):
-        n, k = weight.shape
+    def _pack(self, em: Lowering, weight, bias, a_zero_point, requant: RequantArrays) -> str:
+        """Packs W and the requantization: the C arguments from the weights pointer to rq."""
+        n, _ = weight.shape
         bias = torch.zeros(n, dtype=torch.int32) if bias is None else bias.to(torch.int32)
         packed = gemm.pack_weights(weight.contiguous(), bias.contiguous(), a_zero_point, self.isa,
                                    input_dtype=torch.uint8)
@@ -80,10 +88,26 @@ class X86Gemm(GemmLowering):
                                zero_point=requant.zp, qmin=requant.qmin, qmax=requant.qmax, out_dtype=torch.uint8)
         padded = RequantArrays(rq.mode, rq.mult, rq.m0, rq.shift, rq.zero_point, rq.qmin, rq.qmax)
         b = packed.blocking
+        return (f"{em.weight(packed.data, 'uint8_t')}, {packed.nbytes}, {b.nr}, {b.kr}, {b.elem}, "
+                f"{em.weight(packed.bias, 'int32_t')}, {em.rq_literal(padded)}")
+
+    def emit(self, em: Lowering, *, a, lda, m, c, ldc, weight, bias, a_zero_point, requant: RequantArrays):
+        n, k = weight.shape
         threads = "1" if m * n * k < SERIAL_BELOW_MACS else "threads"
-        return [f"rc = qc_rt_gemm({self.call_isa_id(n, k)}, {m}, {n}, {k}, {a}, {lda}, {em.weight(packed.data, 'uint8_t')}, "
-                f"{packed.nbytes}, {b.nr}, {b.kr}, {b.elem}, {em.weight(packed.bias, 'int32_t')}, "
-                f"{em.rq_literal(padded)}, {c}, {ldc}, {threads});",
+        return [f"rc = qc_rt_gemm({self.call_isa_id(n, k)}, {m}, {n}, {k}, {a}, {lda}, "
+                f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {threads});",
+                "if (rc) return rc;"]
+
+    def emit_conv(self, em: Lowering, *, x, geom, c0, cg, pad, m, k, c, ldc, weight, bias, a_zero_point,
+                  requant: RequantArrays):
+        """Blocked im2col + GEMM (qc_rt_conv_gemm) where the im2col matrix would not stay in
+        cache and there are rows enough for every thread to own blocks of them."""
+        n = weight.shape[0]
+        if m * k < CONV_BLOCKED_MIN_BYTES or m < CONV_BLOCKED_ROWS_PER_COLUMN * n:
+            return None
+        isa_id = self.isa_id if (self.isa == "amx" and k >= 64) else self.call_isa_id(n, k)
+        return [f"rc = qc_rt_conv_gemm({isa_id}, {x}, {geom}, {c0}, {cg}, {pad}, {n}, "
+                f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {CONV_BLOCK_BYTES}, threads);",
                 "if (rc) return rc;"]
 
 
@@ -97,6 +121,7 @@ class X86Artifact:
     runtime: Path
     runtime_flags: list
     library: Path
+    model_flags: list
 
 
 def model_flags(runtime: Path) -> list[str]:
@@ -157,8 +182,9 @@ class X86Backend(Backend):
 
     def build_program(self, program: Program, source: str, isa: str) -> X86Artifact:
         runtime, runtime_flags = runtime_library(isa)
-        lib = toolchain.build_shared_library(source, flags=model_flags(runtime), name="qc_model")
-        return X86Artifact(program, source, isa, runtime, runtime_flags, lib)
+        flags = model_flags(runtime)
+        lib = toolchain.build_shared_library(source, flags=flags, name="qc_model")
+        return X86Artifact(program, source, isa, runtime, runtime_flags, lib, flags)
 
     def compile(self, gm: fx.GraphModule, example_inputs: tuple, *, threads: Optional[int] = None,
                 name: str = "model") -> torch.nn.Module:
@@ -178,7 +204,8 @@ class X86Backend(Backend):
             return X86Backend(isa).compile(gm, shaped, threads=threads, name=name)
 
         return X86CompiledModel(artifact.library, program.weights, source, isa, threads=threads,
-                                runtime_flags=artifact.runtime_flags, recompile=recompile)
+                                runtime_flags=artifact.runtime_flags, recompile=recompile,
+                                model_flags=artifact.model_flags)
 
 
 __all__ = ["X86Backend", "X86Gemm", "choose_isa", "SUPPORTED_OPS"]

@@ -69,9 +69,11 @@ class X86CompiledModel(torch.nn.Module):
     """A model compiled for x86: float NCHW tensors in, float tensors out."""
 
     def __init__(self, library: Path, weights: bytes, source: str, isa: str, *, threads: Optional[int] = None,
-                 runtime_flags: Optional[list] = None, recompile: Optional[Callable[[int], "X86CompiledModel"]] = None):
+                 runtime_flags: Optional[list] = None, recompile: Optional[Callable[[int], "X86CompiledModel"]] = None,
+                 model_flags: Optional[list] = None):
         super().__init__()
         self.native = _Native(library, weights)
+        self.model_flags = model_flags          # how the model's C was built (for profile())
         self.source = source
         self.isa = isa
         self.runtime_flags = runtime_flags
@@ -151,6 +153,41 @@ class X86CompiledModel(torch.nn.Module):
             raise NativeModelError(f"qc_model_run failed: {self.native.error(code)}")
         return tuple(outs) if self.tuple_output else outs[0]
 
+    # -- profiling -------------------------------------------------------------------------
+
+    def profile(self, *inputs, repeats: int = 10, warmup: int = 2) -> list[dict]:
+        """Wall time of each generated step, from a build of the same source with
+        ``-DQC_PROFILE`` (a clock read around every step; the plain build has none).
+        Returns one dict per step: ``index``, ``step`` (what it computes), ``ms`` (mean per run)
+        and ``share`` of the total, in program order."""
+        if self.model_flags is None:
+            raise RuntimeError("profile() needs the flags the model was built with; compile the model "
+                               "with qcompiler.compile (or load_bundle) first")
+        xs = self.check_inputs(inputs)
+        lib = toolchain.build_shared_library(self.source, flags=[*self.model_flags, "-DQC_PROFILE"],
+                                             name="qc_model_profile")
+        native = _Native(lib, self.native.weights)
+        cdll = native.cdll
+        cdll.qc_model_profile.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.c_int]
+        cdll.qc_model_profile.restype = ctypes.c_int
+        cdll.qc_model_step_name.argtypes, cdll.qc_model_step_name.restype = [ctypes.c_int], ctypes.c_char_p
+        steps = int(cdll.qc_model_num_steps())
+        outs = [torch.empty(tuple(s["shape"]), dtype=torch.float32) for s in self.output_specs]
+        in_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
+        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.data_ptr() for o in outs])
+        ns = (ctypes.c_int64 * max(steps, 1))()
+        with self._arena_lock:
+            for i in range(warmup + repeats):
+                if i == warmup:
+                    cdll.qc_model_profile(None, 1)
+                code = cdll.qc_model_run(in_ptrs, out_ptrs, ctypes.c_void_p(self._arena_ptr), self._threads())
+                if code != 0:
+                    raise NativeModelError(f"qc_model_run failed: {native.error(code)}")
+        cdll.qc_model_profile(ns, 1)
+        total = sum(ns[i] for i in range(steps)) or 1
+        return [{"index": i, "step": cdll.qc_model_step_name(i).decode(), "ms": ns[i] / repeats / 1e6,
+                 "share": ns[i] / total} for i in range(steps)]
+
     # -- bundles ---------------------------------------------------------------------------
 
     def save(self, path) -> Path:
@@ -205,7 +242,7 @@ def load_bundle(path, *, threads: Optional[int] = None) -> X86CompiledModel:
     lib = toolchain.build_shared_library(source, flags=flags, name="qc_model")
     weights = (root / "weights.bin").read_bytes()
     model = X86CompiledModel(lib, weights, source, manifest["isa"], threads=threads,
-                             runtime_flags=manifest["runtime_flags"])
+                             runtime_flags=manifest["runtime_flags"], model_flags=flags)
     if model.manifest.get("weights_sha256") != manifest.get("weights_sha256"):
         raise ValueError(f"{root}: model.c and manifest.json disagree on the weights")
     return model

@@ -319,6 +319,10 @@ def _build_args(isa: str, a: torch.Tensor, packed: PackedWeights, requant: Optio
     args.isa = _ISA_ID[isa]
     args.m, args.n, args.k = m, packed.n, packed.k
     args.a, args.lda = a.data_ptr(), (a.stride(0) if m > 1 else packed.k)
+    # a view of wider rows (a[:, :k] of [M, K'] storage): the kernel may read the rest of each
+    # row in place (AMX's partial last K block) instead of copying it
+    last_row_bytes = a.untyped_storage().nbytes() - (a.storage_offset() + (m - 1) * args.lda)
+    args.a_cols = max(min(args.lda, last_row_bytes), packed.k)
     args.b, args.b_bytes = packed.data.data_ptr(), packed.data.numel()
     args.b_nr, args.b_kr, args.b_elem = packed.blocking.nr, packed.blocking.kr, packed.blocking.elem
     args.requant_mode = _QC_MODE["none" if requant is None else requant.mode]

@@ -161,18 +161,26 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
         }
     }
     if (last && x->ktail) {
-        for (int r = 0; r < mr; r++) {
-            memcpy(x->atail + r * 64, a + r * lda + x->kfull * 64, (size_t)x->ktail);
-            memset(x->atail + r * 64 + x->ktail, 0, (size_t)(64 - x->ktail));
+        /* A's rows readable through the whole last block (t->a_cols): load them in place,
+         * the pad meets zero weights; else from a zero-padded copy */
+        const uint8_t *at = a + x->kfull * 64;
+        int64_t ast = lda;
+        if (t->a_cols < (x->kfull + 1) * 64) {
+            for (int r = 0; r < mr; r++) {
+                memcpy(x->atail + r * 64, at + r * lda, (size_t)x->ktail);
+                memset(x->atail + r * 64 + x->ktail, 0, (size_t)(64 - x->ktail));
+            }
+            at = x->atail;
+            ast = 64;
         }
         const uint8_t *wk = x->wtail + half * 32 * 4;
-        QC_TILE_LOAD(4, x->atail, 64);
+        QC_TILE_LOAD(4, at, ast);
         QC_TILE_LOAD(6, wk, NR * 4);
         QC_TILE_LOAD(7, wk + 64, NR * 4);
         QC_TILE_DPBUSD(0, 4, 6);
         QC_TILE_DPBUSD(1, 4, 7);
         if (two) {
-            QC_TILE_LOAD(5, x->atail + 16 * 64, 64);
+            QC_TILE_LOAD(5, at + 16 * ast, ast);
             QC_TILE_DPBUSD(2, 5, 6);
             QC_TILE_DPBUSD(3, 5, 7);
         }

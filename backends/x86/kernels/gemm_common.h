@@ -28,7 +28,7 @@
 
 #include "thread_pool.h"
 
-#define QC_GEMM_ABI_VERSION 1
+#define QC_GEMM_ABI_VERSION 2
 #define QC_EXPORT __attribute__((visibility("default")))
 
 /* error codes (qc_strerror gives the text) */
@@ -85,6 +85,9 @@ typedef struct qc_gemm_args {
     void *c;                   /* [m, n] output, row stride ldc (elements) */
     int64_t ldc;
     int32_t threads;           /* 0: every CPU this process may use; > 0: at most that many */
+    int64_t a_cols;            /* 0, or bytes readable in every row of A (k <= a_cols <= lda):
+                                  a kernel that pads K may then read the pad A[i, k..) in place
+                                  (its weights are zero there) instead of copying the row tail */
 } qc_gemm_args;
 
 /* what one kernel call needs, shared by every thread (read-only during the run) */
@@ -92,6 +95,7 @@ typedef struct qc_task {
     const qc_gemm_args *args;
     const uint8_t *a;          /* A as the kernel reads it (the int16 copy for AVX2) */
     int64_t lda_bytes;
+    int64_t a_cols;            /* bytes readable per row of A (>= k) */
     int64_t m, n, k;           /* k: the K the kernel iterates (k_pad for AVX2) */
     const uint8_t *b;
     int64_t kgroups;           /* k_pad / KR: groups per panel */
@@ -130,6 +134,7 @@ static int qc_validate(const qc_gemm_args *p, int nr, int kr, int elem)
     if (p->m > INT32_MAX || p->n > INT32_MAX || p->k > INT32_MAX) return QC_ERR_SIZE;
     if (p->a == NULL || p->b == NULL || p->bias == NULL || p->c == NULL) return QC_ERR_NULL;
     if (p->lda < p->k || p->ldc < p->n) return QC_ERR_STRIDE;
+    if (p->a_cols != 0 && (p->a_cols < p->k || p->a_cols > p->lda)) return QC_ERR_STRIDE;
     if (p->threads < 0) return QC_ERR_THREADS;
     if (p->b_nr != nr || p->b_kr != kr || p->b_elem != elem) return QC_ERR_LAYOUT;
     {
@@ -182,6 +187,7 @@ static void qc_task_init(qc_task *t, const qc_gemm_args *p)
     t->args = p;
     t->a = p->a;
     t->lda_bytes = p->lda;
+    t->a_cols = p->a_cols > 0 ? p->a_cols : p->k;
     t->m = p->m; t->n = p->n; t->k = p->k;
     t->b = (const uint8_t *)p->b;
     t->mode = p->requant_mode; t->out_type = p->out_type;

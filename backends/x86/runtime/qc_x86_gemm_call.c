@@ -1,16 +1,19 @@
-/* Fills qc_gemm_args for one layer and calls the kernel of the ISA the weights were packed for. */
+/* Fills qc_gemm_args for one layer and calls the kernel of the ISA the weights were packed for;
+ * and the blocked convolution (im2col of a block of rows, then its GEMM, per thread). */
 #include "qc_x86_gemm_call.h"
 
-int qc_rt_gemm(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
-               const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
-               const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int threads)
+#include <pthread.h>
+
+static int qc_rt_gemm_cols(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
+                           int64_t a_cols, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
+                           const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int threads)
 {
     qc_gemm_args p;
     memset(&p, 0, sizeof p);
     p.struct_size = sizeof p;
     p.isa = isa;
     p.m = m; p.n = n; p.k = k;
-    p.a = a; p.lda = lda;
+    p.a = a; p.lda = lda; p.a_cols = a_cols;
     p.b = w; p.b_bytes = w_bytes;
     p.b_nr = nr; p.b_kr = kr; p.b_elem = elem;
     p.requant_mode = rq->mode == QC_RQ_FP32 ? QC_REQUANT_FP32 : QC_REQUANT_FIXED_POINT;
@@ -21,6 +24,100 @@ int qc_rt_gemm(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, i
     p.c = c; p.ldc = ldc;
     p.threads = threads > 0 ? threads : 0;
     return qc_gemm(&p);
+}
+
+int qc_rt_gemm(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
+               const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
+               const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int threads)
+{
+    return qc_rt_gemm_cols(isa, m, n, k, a, lda, 0, w, w_bytes, nr, kr, elem, bias, rq, c, ldc, threads);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* blocked convolution                                                                   */
+/* ---------------------------------------------------------------------------------- */
+
+/* each thread's im2col block lives in a buffer of its own, grown on first use (a model's
+ * steady state allocates nothing) and freed when the thread exits */
+static pthread_key_t qc_conv_key;
+static pthread_once_t qc_conv_once = PTHREAD_ONCE_INIT;
+#define QC_CONV_HEADER 64            /* bytes before the block: its capacity, and alignment */
+
+static void qc_conv_key_init(void) { (void)pthread_key_create(&qc_conv_key, free); }
+
+static uint8_t *qc_conv_scratch(size_t bytes)
+{
+    (void)pthread_once(&qc_conv_once, qc_conv_key_init);
+    size_t *h = (size_t *)pthread_getspecific(qc_conv_key);
+    if (h == NULL || h[0] < bytes) {
+        free(h);
+        (void)pthread_setspecific(qc_conv_key, NULL);
+        const size_t total = (QC_CONV_HEADER + bytes + 63) / 64 * 64;
+        h = (size_t *)aligned_alloc(64, total);
+        if (h == NULL) return NULL;
+        memset(h, 0, total);         /* defined bytes in the K pad the first time too */
+        h[0] = bytes;
+        if (pthread_setspecific(qc_conv_key, h) != 0) { free(h); return NULL; }
+    }
+    return (uint8_t *)h + QC_CONV_HEADER;
+}
+
+typedef struct {
+    int32_t isa;
+    const uint8_t *x;
+    const qc_window *g;
+    int64_t c0, cg;
+    uint8_t pad;
+    int64_t m, n, k, ldk, mb;
+    const void *w;
+    int64_t w_bytes;
+    int32_t nr, kr, elem;
+    const int32_t *bias;
+    const qc_rq *rq;
+    uint8_t *c;
+    int64_t ldc;
+    _Atomic int err;
+} qc_conv_job;
+
+static void qc_conv_block(const void *ctx, int64_t chunk, int slot)
+{
+    qc_conv_job *j = (qc_conv_job *)ctx;
+    const int64_t r0 = chunk * j->mb, rows = j->m - r0 < j->mb ? j->m - r0 : j->mb;
+    (void)slot;
+    if (atomic_load_explicit(&j->err, memory_order_relaxed) != 0) return;
+    uint8_t *col = qc_conv_scratch((size_t)(j->mb * j->ldk));
+    int err = QC_ERR_NOMEM;
+    if (col != NULL) {
+        qc_rt_im2col_rows(j->x, col, j->ldk, j->g, j->c0, j->cg, j->pad, r0, rows);
+        /* one thread per block (the pool is busy with the blocks: a nested call is serial) */
+        err = qc_rt_gemm_cols(j->isa, rows, j->n, j->k, col, j->ldk, j->ldk, j->w, j->w_bytes, j->nr, j->kr,
+                              j->elem, j->bias, j->rq, j->c + r0 * j->ldc, j->ldc, 1);
+    }
+    if (err != 0) {
+        int expected = 0;
+        atomic_compare_exchange_strong(&j->err, &expected, err);
+    }
+}
+
+int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg, uint8_t pad,
+                    int64_t n, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
+                    const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int64_t block_bytes,
+                    int threads)
+{
+    if (x == NULL || g == NULL || w == NULL || bias == NULL || rq == NULL || c == NULL) return QC_ERR_NULL;
+    const int64_t m = g->n * g->oh * g->ow, k = (int64_t)g->kh * g->kw * cg;
+    if (m <= 0 || k <= 0 || n <= 0 || block_bytes <= 0) return QC_ERR_SIZE;
+    const int nt = threads > 0 ? threads : qc_cpu_count();
+    /* rows padded to whole 64-byte K blocks, so AMX loads the last one in place */
+    const int64_t ldk = (k + 63) / 64 * 64;
+    int64_t mb = block_bytes / ldk / 32 * 32;
+    const int64_t even = ((m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt) + 31) / 32 * 32;  /* >= 4 blocks a thread */
+    if (mb > even) mb = even;
+    if (mb < 32) mb = 32;
+    qc_conv_job job = {isa, x, g, c0, cg, pad, m, n, k, ldk, mb, w, w_bytes, nr, kr, elem, bias, rq, c, ldc, 0};
+    const int64_t blocks = (m + mb - 1) / mb;
+    qc_parallel_for(qc_conv_block, &job, blocks, nt);
+    return atomic_load(&job.err);
 }
 
 const char *qc_rt_gemm_strerror(int err) { return qc_strerror(err); }

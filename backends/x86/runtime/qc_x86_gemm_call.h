@@ -10,6 +10,16 @@ QC_RT_EXPORT int qc_rt_gemm(int32_t isa, int64_t m, int64_t n, int64_t k, const 
                             const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
                             const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int threads);
 
+/* QConv by blocks of output rows: per thread, im2col of a block of rows [n*oh*ow] (channels
+ * [c0, c0 + cg) of the NHWC input x, padded with `pad`) into a buffer of about block_bytes
+ * that stays in cache, then that block's GEMM with the weights W [n, kh*kw*cg]; output rows
+ * of stride ldc. The whole im2col matrix never exists (qc_rt_im2col + qc_rt_gemm write and
+ * read it back through memory). Returns a GEMM error code (0 = success). */
+QC_RT_EXPORT int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg,
+                                 uint8_t pad, int64_t n, const void *w, int64_t w_bytes, int32_t nr, int32_t kr,
+                                 int32_t elem, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
+                                 int64_t block_bytes, int threads);
+
 /* text of a GEMM error code */
 QC_RT_EXPORT const char *qc_rt_gemm_strerror(int err);
 
