@@ -257,10 +257,15 @@ class Lowering:
                 + (f" g{groups}" if groups > 1 else "") + f", {cin}->{cout}, {h}x{w}->{oh}x{ow}")
         bias = mod.bias if mod.bias is not None else torch.zeros(o, dtype=torch.int32)
         if cg == 1 and og == 1 and o <= DEPTHWISE_MAX_CHANNELS:
-            w_dw = mod.weight.reshape(o, kh * kw).t().contiguous().to(torch.int32)   # [kh*kw][C]
+            blocks = -(-o // 16)                 # [C/16][kh*kw][16], zero past C (qc_rt_depthwise)
+            w_dw = torch.zeros((blocks * 16, kh * kw), dtype=torch.int32)
+            w_dw[:o] = mod.weight.reshape(o, kh * kw).to(torch.int32)
+            w_dw = w_dw.reshape(blocks, 16, kh * kw).transpose(1, 2).contiguous()
+            b_dw = torch.zeros(blocks * 16, dtype=torch.int32)
+            b_dw[:o] = bias.to(torch.int32)
             rq = RequantArrays.from_requant(mod.requant, o, out.signed)
             line = (f"qc_rt_depthwise({self.ptr(x)}, {self.ptr(out)}, {geom}, {x.zp}, "
-                    f"{self.weight(w_dw, 'int32_t')}, {self.weight(bias.to(torch.int32), 'int32_t')}, "
+                    f"{self.weight(w_dw, 'int32_t')}, {self.weight(b_dw, 'int32_t')}, "
                     f"{self.rq_literal(rq)}, threads);")
             self.add_step(f"{what}, depthwise ({node.name})", [line], reads=[x], writes=[out])
             self.values[node] = out
@@ -275,9 +280,11 @@ class Lowering:
             kqh, kqw = -(-kh // s), -(-kw // s)
             h, w, cin = oh - 1 + kqh, ow - 1 + kqw, s * s * cin
             x2 = self.scratch(n * h * w * cin)
-            lines.append(f"qc_rt_im2col({self.ptr(x)}, QC_BUF({x2.ident}), &(qc_window){{{n}, {x.shape[2]}, "
-                         f"{x.shape[3]}, {x.shape[1]}, {h}, {w}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, 0, "
-                         f"{x.shape[1]}, {x.zp}, threads);")
+            self.add_step(f"{mod.source_layer or node.name}: space-to-depth {s}x{s} of its input "
+                          f"{list(x.shape)} ({node.name})",
+                          [f"qc_rt_im2col({self.ptr(x)}, QC_BUF({x2.ident}), &(qc_window){{{n}, {x.shape[2]}, "
+                           f"{x.shape[3]}, {x.shape[1]}, {h}, {w}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, 0, "
+                           f"{x.shape[1]}, {x.zp}, threads);"], reads=[x], writes=[x2])
             padded = torch.zeros((o, cg, kqh * s, kqw * s), dtype=weight.dtype)
             padded[:, :, :kh, :kw] = weight
             # [o, c, ky'*s + dy, kx'*s + dx] -> [o, (dy, dx, c), ky', kx']: the channel order of x2
@@ -286,7 +293,7 @@ class Lowering:
             reads.append(x2)
             cg, kh, kw, sh, sw, ph, pw = cin, kqh, kqw, 1, 1, 0, 0
             geom = f"&(qc_window){{{n}, {h}, {w}, {cin}, {oh}, {ow}, {kh}, {kw}, 1, 1, 0, 0, 1, 1}}"
-            note = f"space-to-depth to {kh}x{kw} s1 over {cin} channels, "
+            note = f"as {kh}x{kw} s1 over {cin} channels after space-to-depth, "
         m = n * oh * ow
         k = kh * kw * cg
         direct = kh == 1 and kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0)

@@ -161,46 +161,70 @@ static inline void qc_copy_bytes(uint8_t *restrict dst, const uint8_t *restrict 
     }
 }
 
+/* the taps of one im2col row whose window crosses the input's border (or dilated, or a
+ * channel slice): tap by tap, padded taps filled with `pad` */
+static void qc_im2col_row_taps(const uint8_t *x, uint8_t *row, const qc_window *g, int64_t c0, int64_t cg,
+                               uint8_t pad, int64_t b, int64_t oy, int64_t ox)
+{
+    for (int32_t i = 0; i < g->kh; i++) {
+        const int64_t iy = oy * g->sh - g->ph + (int64_t)i * g->dh;
+        for (int32_t t = 0; t < g->kw; t++, row += cg) {
+            const int64_t ix = ox * g->sw - g->pw + (int64_t)t * g->dw;
+            if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
+                memset(row, pad, (size_t)cg);
+            else
+                qc_copy_bytes(row, x + ((b * g->h + iy) * g->w + ix) * g->c + c0, cg);
+        }
+    }
+}
+
 /* rows [r0, r0 + count) of the im2col matrix (row r = (b * oh + oy) * ow + ox; columns
  * (ky, kx, channel) of channels [c0, c0 + cg)), row stride ldcol; columns past
- * kh * kw * cg are not written */
+ * kh * kw * cg are not written (but see `wide`) */
 void qc_rt_im2col_rows(const uint8_t *x, uint8_t *col, int64_t ldcol, const qc_window *g, int64_t c0,
                        int64_t cg, uint8_t pad, int64_t r0, int64_t count)
 {
-    /* all channels, undilated: the kw taps of a kernel row are kw * c adjacent bytes */
+    /* all channels, undilated: the kw taps of a kernel row are seg = kw * c adjacent bytes */
     const int whole_rows = cg == g->c && g->dw == 1;
-    const int64_t seg = (int64_t)g->kw * cg;
-    /* thin inputs (a 3-channel stem: 21 bytes a kernel row): one 32-byte copy per kernel
-     * row, whose spill the next row's copy overwrites (the last one's lands in the row's
-     * K pad, when ldcol leaves room), as long as the 32 bytes lie inside the input */
+    const int64_t seg = (int64_t)g->kw * cg, step = g->sw * g->c;
+    /* thin inputs (an RGB stem: 21 bytes a kernel row, 24 or 48 after space-to-depth): one
+     * 32-byte copy per kernel row, whose spill the next kernel row overwrites (it is written
+     * later) and the last one's lands in the row's K pad, when ldcol leaves room for it */
     const int wide = whole_rows && seg <= 32 && (g->kh - 1) * seg + 32 <= ldcol;
     const uint8_t *const x_end = x + g->n * g->h * g->w * g->c;
-    int64_t b = r0 / (g->oh * g->ow), oy = r0 / g->ow % g->oh, ox = r0 % g->ow;
-    for (int64_t r = 0; r < count; r++) {
-        uint8_t *row = col + r * ldcol;
-        const int64_t ix0 = ox * g->sw - g->pw;
-        const int inside_x = ix0 >= 0 && ix0 + (int64_t)(g->kw - 1) * g->dw < g->w;
-        for (int32_t i = 0; i < g->kh; i++) {
-            const int64_t iy = oy * g->sh - g->ph + (int64_t)i * g->dh;
-            if (whole_rows && inside_x && iy >= 0 && iy < g->h) {
-                const uint8_t *src = x + ((b * g->h + iy) * g->w + ix0) * g->c;
-                if (wide && src + 32 <= x_end) memcpy(row, src, 32);
-                else qc_copy_bytes(row, src, seg);
-                row += seg;
-                continue;
-            }
-            for (int32_t t = 0; t < g->kw; t++, row += cg) {
-                const int64_t ix = ix0 + (int64_t)t * g->dw;
-                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
-                    memset(row, pad, (size_t)cg);
-                else
-                    qc_copy_bytes(row, x + ((b * g->h + iy) * g->w + ix) * g->c + c0, cg);
+    /* output columns whose window lies inside the input horizontally: [ox_lo, ox_hi) */
+    int64_t ox_lo = g->pw > 0 ? (g->pw + g->sw - 1) / g->sw : 0;
+    int64_t ox_hi = g->w - 1 - (int64_t)(g->kw - 1) * g->dw + g->pw;
+    ox_hi = ox_hi < 0 ? 0 : ox_hi / g->sw + 1;
+    if (ox_hi > g->ow) ox_hi = g->ow;
+    if (ox_lo > ox_hi) ox_lo = ox_hi;
+    int64_t r = r0;
+    while (r < r0 + count) {
+        /* the part of one output row (b, oy) in the range: columns [ox0, ox1) */
+        const int64_t b = r / (g->oh * g->ow), oy = r / g->ow % g->oh, ox0 = r % g->ow;
+        const int64_t ox1 = ox0 + (r0 + count - r) < g->ow ? ox0 + (r0 + count - r) : g->ow;
+        uint8_t *base = col + (r - r0) * ldcol - ox0 * ldcol;      /* row ox lands at base + ox * ldcol */
+        const int64_t lo = ox0 > ox_lo ? ox0 : ox_lo, hi = ox1 < ox_hi ? ox1 : ox_hi;
+        for (int64_t ox = ox0; ox < ox1; ox++)
+            if (!whole_rows || ox < lo || ox >= hi)
+                qc_im2col_row_taps(x, base + ox * ldcol, g, c0, cg, pad, b, oy, ox);
+        if (whole_rows && lo < hi) {
+            /* inside columns, one kernel row at a time: a run of equal-sized copies */
+            for (int32_t i = 0; i < g->kh; i++) {
+                const int64_t iy = oy * g->sh - g->ph + (int64_t)i * g->dh;
+                uint8_t *dst = base + lo * ldcol + i * seg;
+                if (iy < 0 || iy >= g->h) {
+                    for (int64_t ox = lo; ox < hi; ox++, dst += ldcol) memset(dst, pad, (size_t)seg);
+                    continue;
+                }
+                const uint8_t *src = x + ((b * g->h + iy) * g->w + lo * g->sw - g->pw) * g->c;
+                int64_t ox = lo;
+                if (wide)
+                    for (; ox < hi && src + 32 <= x_end; ox++, src += step, dst += ldcol) memcpy(dst, src, 32);
+                for (; ox < hi; ox++, src += step, dst += ldcol) qc_copy_bytes(dst, src, seg);
             }
         }
-        if (++ox == g->ow) {
-            ox = 0;
-            if (++oy == g->oh) { oy = 0; b++; }
-        }
+        r += ox1 - ox0;
     }
 }
 
@@ -225,37 +249,99 @@ void qc_rt_im2col(const uint8_t *x, uint8_t *col, const qc_window *g, int64_t c0
 
 /* channels per register-resident block of the pooling accumulators */
 #define QC_CBLOCK 64
-/* the depthwise kernel keeps one int32 accumulator per channel on the stack */
+/* the depthwise kernel keeps its folded 3x3 bias (one int32 per channel) on the stack */
 #define QC_DW_MAX_CHANNELS 4096
 
-/* out[ch] = requant(acc[ch]) with the parameters of channels [c0, c0 + n): the mode test is
- * hoisted so each loop vectorizes (fully, when inlined with a constant n) */
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+/* ---------------------------------------------------------------------------------- */
+/* depthwise convolution                                                                 */
+/* ---------------------------------------------------------------------------------- */
+
+/* Weights come blocked by 16 channels, w[cb][tap][16] (int32, channels past c zero), bias
+ * padded to whole blocks. Per output pixel and block, the 16 int32 accumulators stay in
+ * registers over the taps and are requantized there (AVX-512 / AVX2 variants; plain C
+ * otherwise); a block never leaves the cache line of its weights. */
+#define QC_DW_BLOCK 16
+
+typedef struct {
+    const uint8_t *x;
+    uint8_t *y;
+    const qc_window *g;
+    int32_t zx;
+    const int32_t *w;        /* [ceil(c/16)][kh*kw][16] */
+    const int32_t *bias;     /* [ceil(c/16) * 16] */
+    const int32_t *bias3;    /* 3x3 kernels: bias - zx * (sum of the 9 taps) */
+    const qc_rq *rq;
+    int64_t ox_lo, ox_hi;    /* output columns whose window lies inside the input horizontally */
+} qc_depthwise_job;
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+/* requantizes 16 accumulators of channels [c0, c0 + 16) and stores those of mask k */
+static inline __attribute__((always_inline)) void
+qc_requant16_store(__m512i acc, uint8_t *out, const qc_rq *rq, int64_t c0, __mmask16 k, int full)
+{
+    __m128i bytes;
+    if (rq->mode == QC_RQ_FP32) {
+        const __m512 m = full ? _mm512_loadu_ps(rq->mult + c0) : _mm512_maskz_loadu_ps(k, rq->mult + c0);
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), m);
+        y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps((float)(rq->qmin - rq->zp))),
+                          _mm512_set1_ps((float)(rq->qmax - rq->zp)));
+        bytes = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(y), _mm512_set1_epi32(rq->zp)));
+    } else {
+        /* two halves of 8 channels in int64 lanes: (p >> (t-1)) + 1) >> 1 == (p + 2^(t-1)) >> t */
+        const __m512i one = _mm512_set1_epi64(1), zp = _mm512_set1_epi64(rq->zp);
+        const __m512i lo = _mm512_set1_epi64((int64_t)rq->qmin - rq->zp), hi = _mm512_set1_epi64((int64_t)rq->qmax - rq->zp);
+        const __m512i m0 = full ? _mm512_loadu_si512(rq->m0 + c0) : _mm512_maskz_loadu_epi32(k, rq->m0 + c0);
+        const __m512i sh = full ? _mm512_loadu_si512(rq->shift + c0)
+                                : _mm512_mask_loadu_epi32(_mm512_set1_epi32(1), k, rq->shift + c0);
+        __m128i half[2];
+        for (int h = 0; h < 2; h++) {
+            const __m512i a = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(acc, 1) : _mm512_castsi512_si256(acc));
+            const __m512i mm = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(m0, 1) : _mm512_castsi512_si256(m0));
+            const __m512i t = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(sh, 1) : _mm512_castsi512_si256(sh));
+            const __m512i prod = _mm512_mul_epi32(a, mm);              /* exact: |acc|, M0 < 2^31 */
+            __m512i q = _mm512_srai_epi64(_mm512_add_epi64(_mm512_srav_epi64(prod, _mm512_sub_epi64(t, one)), one), 1);
+            q = _mm512_min_epi64(_mm512_max_epi64(q, lo), hi);
+            half[h] = _mm512_cvtepi64_epi8(_mm512_add_epi64(q, zp));
+        }
+        bytes = _mm_unpacklo_epi64(half[0], half[1]);
+    }
+    if (full) _mm_storeu_si128((__m128i *)out, bytes);
+    else _mm_mask_storeu_epi8(out, k, bytes);
+}
+#endif
+
+/* out[ch] = requant(acc[ch]) with the parameters of channels [c0, c0 + n) */
 static inline void qc_requant_block(const int32_t *restrict acc, uint8_t *restrict out, int64_t n,
                                     const qc_rq *rq, int64_t c0)
 {
+    int64_t ch = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    for (; ch + 16 <= n; ch += 16)
+        qc_requant16_store(_mm512_loadu_si512(acc + ch), out + ch, rq, c0 + ch, 0xFFFF, 1);
+    if (ch < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - ch)) - 1u);
+        qc_requant16_store(_mm512_maskz_loadu_epi32(k, acc + ch), out + ch, rq, c0 + ch, k, 0);
+    }
+    return;
+#elif defined(__AVX2__)
     if (rq->mode == QC_RQ_FP32) {
-        const float lo = (float)(rq->qmin - rq->zp), hi = (float)(rq->qmax - rq->zp);
-        const float *restrict mult = rq->mult + c0;
-        const int32_t zp = rq->zp;
-        for (int64_t ch = 0; ch < n; ch++) {
-            float y = (float)acc[ch] * mult[ch];
-            y = y < lo ? lo : y;            /* acc and mult are finite: no NaN here */
-            y = y > hi ? hi : y;
-            out[ch] = (uint8_t)((int32_t)qc_round_half_even(y) + zp);
-        }
-    } else {
-        const int32_t *restrict m0 = rq->m0 + c0, *restrict shift = rq->shift + c0;
-        const int64_t zp = rq->zp, lo = rq->qmin, hi = rq->qmax;
-        for (int64_t ch = 0; ch < n; ch++) {
-            /* (p + 2^(t-1)) >> t == ((p >> (t-1)) + 1) >> 1 exactly (floors of floors), and
-             * this form has no variable 64-bit shift of a constant, so it vectorizes */
-            const int64_t p = (int64_t)acc[ch] * (int64_t)m0[ch];
-            int64_t q = (((p >> (shift[ch] - 1)) + 1) >> 1) + zp;
-            q = q < lo ? lo : q;
-            q = q > hi ? hi : q;
-            out[ch] = (uint8_t)(int32_t)q;
+        const __m256 lo = _mm256_set1_ps((float)(rq->qmin - rq->zp)), hi = _mm256_set1_ps((float)(rq->qmax - rq->zp));
+        const __m256i zp = _mm256_set1_epi32(rq->zp);
+        for (; ch + 8 <= n; ch += 8) {
+            __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc + ch))),
+                                     _mm256_loadu_ps(rq->mult + c0 + ch));
+            y = _mm256_min_ps(_mm256_max_ps(y, lo), hi);
+            const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(y), zp);   /* in [0, 255] */
+            const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            _mm_storel_epi64((__m128i *)(out + ch), _mm_packus_epi16(w16, w16));
         }
     }
+#endif
+    for (; ch < n; ch++) out[ch] = (uint8_t)qc_requant(acc[ch], rq, c0 + ch);
 }
 
 void qc_rt_requant_channels(const int32_t *restrict acc, uint8_t *restrict out, int64_t n, const qc_rq *rq)
@@ -263,166 +349,133 @@ void qc_rt_requant_channels(const int32_t *restrict acc, uint8_t *restrict out, 
     qc_requant_block(acc, out, n, rq, 0);
 }
 
-typedef struct {
-    const uint8_t *x;
-    uint8_t *y;
-    const qc_window *g;
-    int32_t zx;
-    const int32_t *w;
-    const int32_t *bias;
-    const int32_t *bias3;    /* 3x3 kernels: bias - zx * (sum of the 9 taps), see qc_dw_block16_3x3 */
-    const qc_rq *rq;
-} qc_depthwise_job;
-
-/* 16 channels of one depthwise output pixel: acc = bias + sum over the taps [i0, i1) x
- * [t0, t1) of (x - zx) * w, in int32 lanes kept in registers. Intrinsics of the runtime
- * variant's ISA (-mavx512bw / -mavx2 builds), plain C otherwise (gcc's own vectorization of
- * this loop widened u8 -> int32 one lane at a time). x: the first tap of the block; xi / xt:
- * byte steps per kernel row / column; w: the weights of that tap, wi / wt: steps likewise. */
-#define QC_DW_BLOCK 16
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
-static inline void qc_dw_block16(int32_t *restrict acc, const int32_t *restrict bias, const uint8_t *restrict x,
-                                 int64_t xi, int64_t xt, const int32_t *restrict w, int64_t wi, int64_t wt,
-                                 int32_t i0, int32_t i1, int32_t t0, int32_t t1, int32_t zx)
+/* one block of `cnt` (<= 16) channels of one output pixel: taps [0, ni) x [0, nt) from x (the
+ * first tap inside the input, this block's channel 0; xi / xt: byte steps per kernel row /
+ * column) with weights wb (the same tap's 16 weights; wi / 16: steps likewise). interior3: a
+ * whole 3x3 window, with zx folded into bias3 (x zero-extended to int32 has zero upper
+ * halves, so vpmaddwd of it with an int32 weight is exactly x * w: one uop, not sub + mullo) */
+static inline __attribute__((always_inline)) void
+qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint8_t *x, int64_t xi, int64_t xt,
+            const int32_t *wb, int64_t wi, int32_t ni, int32_t nt, int interior3, int64_t c0, int cnt)
 {
-#if defined(__AVX512F__)
-    const __m512i z = _mm512_set1_epi32(zx);
+    const int32_t *bias = interior3 ? j->bias3 + c0 : j->bias + c0;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    const int full = cnt == QC_DW_BLOCK;
+    const __mmask16 k = full ? (__mmask16)0xFFFF : (__mmask16)((1u << cnt) - 1u);
+#define QC_DW_X(p) _mm512_cvtepu8_epi32(full ? _mm_loadu_si128((const __m128i *)(p)) : _mm_maskz_loadu_epi8(k, (p)))
     __m512i s = _mm512_loadu_si512(bias);
-    for (int32_t i = i0; i < i1; i++)
-        for (int32_t t = t0; t < t1; t++) {
-            const __m512i xv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x + i * xi + t * xt)));
-            s = _mm512_add_epi32(s, _mm512_mullo_epi32(_mm512_sub_epi32(xv, z),
-                                                       _mm512_loadu_si512(w + i * wi + t * wt)));
-        }
-    _mm512_storeu_si512(acc, s);
-#elif defined(__AVX2__)
-    const __m256i z = _mm256_set1_epi32(zx);
-    __m256i s0 = _mm256_loadu_si256((const __m256i *)bias), s1 = _mm256_loadu_si256((const __m256i *)(bias + 8));
-    for (int32_t i = i0; i < i1; i++)
-        for (int32_t t = t0; t < t1; t++) {
-            const uint8_t *px = x + i * xi + t * xt;
-            const int32_t *pw = w + i * wi + t * wt;
-            const __m256i x0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)px));
-            const __m256i x1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(px + 8)));
-            s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(_mm256_sub_epi32(x0, z),
-                                                         _mm256_loadu_si256((const __m256i *)pw)));
-            s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(_mm256_sub_epi32(x1, z),
-                                                         _mm256_loadu_si256((const __m256i *)(pw + 8))));
-        }
-    _mm256_storeu_si256((__m256i *)acc, s0);
-    _mm256_storeu_si256((__m256i *)(acc + 8), s1);
-#else
-    for (int l = 0; l < QC_DW_BLOCK; l++) acc[l] = bias[l];
-    for (int32_t i = i0; i < i1; i++)
-        for (int32_t t = t0; t < t1; t++)
-            for (int l = 0; l < QC_DW_BLOCK; l++)
-                acc[l] += ((int32_t)x[i * xi + t * xt + l] - zx) * w[i * wi + t * wt + l];
-#endif
-}
-
-/* the same for a whole 3x3 window inside the input, with x - zx folded out: acc = bias3
- * + sum x * w, where bias3 = bias - zx * sum w (wrapping int32, exact as the sum fits).
- * x zero-extended to int32 lanes has zero upper halves, so vpmaddwd of it with an int32 w
- * is exactly x * w: one instruction instead of vpsubd + vpmulld (two uops). */
-static inline void qc_dw_block16_3x3(int32_t *restrict acc, const int32_t *restrict bias3,
-                                     const uint8_t *restrict x, int64_t xi, int64_t xt,
-                                     const int32_t *restrict w, int64_t wi, int64_t wt)
-{
-#if defined(__AVX512BW__)
-    __m512i s = _mm512_loadu_si512(bias3);
-    for (int32_t i = 0; i < 3; i++)
-        for (int32_t t = 0; t < 3; t++) {
-            const __m512i xv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x + i * xi + t * xt)));
-            s = _mm512_add_epi32(s, _mm512_madd_epi16(xv, _mm512_loadu_si512(w + i * wi + t * wt)));
-        }
-    _mm512_storeu_si512(acc, s);
-#elif defined(__AVX2__)
-    __m256i s0 = _mm256_loadu_si256((const __m256i *)bias3), s1 = _mm256_loadu_si256((const __m256i *)(bias3 + 8));
-    for (int32_t i = 0; i < 3; i++)
-        for (int32_t t = 0; t < 3; t++) {
-            const uint8_t *px = x + i * xi + t * xt;
-            const int32_t *pw = w + i * wi + t * wt;
-            const __m256i x0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)px));
-            const __m256i x1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(px + 8)));
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(x0, _mm256_loadu_si256((const __m256i *)pw)));
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(pw + 8))));
-        }
-    _mm256_storeu_si256((__m256i *)acc, s0);
-    _mm256_storeu_si256((__m256i *)(acc + 8), s1);
-#else
-    for (int l = 0; l < QC_DW_BLOCK; l++) {
-        uint32_t v = (uint32_t)bias3[l];
+    if (interior3) {
+#pragma GCC unroll 3
         for (int32_t i = 0; i < 3; i++)
+#pragma GCC unroll 3
             for (int32_t t = 0; t < 3; t++)
-                v += (uint32_t)((int32_t)x[i * xi + t * xt + l] * w[i * wi + t * wt + l]);
-        acc[l] = (int32_t)v;
+                s = _mm512_add_epi32(s, _mm512_madd_epi16(QC_DW_X(x + i * xi + t * xt),
+                                                          _mm512_loadu_si512(wb + i * wi + t * 16)));
+    } else {
+        const __m512i z = _mm512_set1_epi32(j->zx);
+        for (int32_t i = 0; i < ni; i++)
+            for (int32_t t = 0; t < nt; t++)
+                s = _mm512_add_epi32(s, _mm512_mullo_epi32(_mm512_sub_epi32(QC_DW_X(x + i * xi + t * xt), z),
+                                                           _mm512_loadu_si512(wb + i * wi + t * 16)));
+    }
+#undef QC_DW_X
+    qc_requant16_store(s, out, rq, c0, k, full);
+#else
+    int32_t acc[QC_DW_BLOCK];
+    int l0 = 0;
+#if defined(__AVX2__)
+    if (cnt == QC_DW_BLOCK) {
+        __m256i s0 = _mm256_loadu_si256((const __m256i *)bias), s1 = _mm256_loadu_si256((const __m256i *)(bias + 8));
+        const __m256i z = _mm256_set1_epi32(interior3 ? 0 : j->zx);
+        for (int32_t i = 0; i < ni; i++)
+            for (int32_t t = 0; t < nt; t++) {
+                const uint8_t *px = x + i * xi + t * xt;
+                const int32_t *pw = wb + i * wi + t * 16;
+                const __m256i x0 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)px)), z);
+                const __m256i x1 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(px + 8))), z);
+                s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(x0, _mm256_loadu_si256((const __m256i *)pw)));
+                s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(x1, _mm256_loadu_si256((const __m256i *)(pw + 8))));
+            }
+        _mm256_storeu_si256((__m256i *)acc, s0);
+        _mm256_storeu_si256((__m256i *)(acc + 8), s1);
+        l0 = QC_DW_BLOCK;
     }
 #endif
+    for (int l = l0; l < cnt; l++) {
+        uint32_t v = (uint32_t)bias[l];              /* wrapping: exact once every tap is in */
+        const int32_t zx = interior3 ? 0 : j->zx;
+        for (int32_t i = 0; i < ni; i++)
+            for (int32_t t = 0; t < nt; t++)
+                v += (uint32_t)(((int32_t)x[i * xi + t * xt + l] - zx) * wb[i * wi + t * 16 + l]);
+        acc[l] = (int32_t)v;
+    }
+    qc_requant_block(acc, out, cnt, rq, c0);
+#endif
 }
 
-/* one output row (chunk = b * oh + oy) of a depthwise convolution: per output pixel, the
- * accumulators of each block of 16 channels stay in registers over the taps; padded taps
- * add (zx - zx) * w = 0 and are skipped */
+/* one output row (chunk = b * oh + oy): padded taps add (zx - zx) * w = 0 and are skipped */
 static void qc_depthwise_row(const void *ctx, int64_t chunk, int slot)
 {
     const qc_depthwise_job *j = (const qc_depthwise_job *)ctx;
     const qc_window *g = j->g;
     const int64_t c = g->c, b = chunk / g->oh, oy = chunk % g->oh;
-    const int64_t cfull = c - c % QC_DW_BLOCK;
-    const int32_t zx = j->zx;
-    const int64_t xi = (int64_t)g->dh * g->w * c, xt = (int64_t)g->dw * c;   /* steps of the taps */
-    const int64_t wi = (int64_t)g->kw * c, wt = c;
-    int32_t acc[QC_DW_MAX_CHANNELS];
+    const int64_t taps = (int64_t)g->kh * g->kw;
+    const int64_t xi = (int64_t)g->dh * g->w * c, xt = (int64_t)g->dw * c;   /* byte steps of the taps */
+    const int64_t wi = (int64_t)g->kw * QC_DW_BLOCK;                         /* weight steps per kernel row */
+    const qc_rq rq = *j->rq;    /* a local copy: the byte stores cannot alias it, so it stays in registers */
     (void)slot;
     /* kernel rows inside the input: the same for the whole output row */
     int32_t i0 = 0, i1 = g->kh;
     while (i0 < i1 && oy * g->sh - g->ph + (int64_t)i0 * g->dh < 0) i0++;
     while (i1 > i0 && oy * g->sh - g->ph + (int64_t)(i1 - 1) * g->dh >= g->h) i1--;
+    const int32_t ni = i1 - i0;
     for (int64_t ox = 0; ox < g->ow; ox++) {
         int32_t t0 = 0, t1 = g->kw;
-        while (t0 < t1 && ox * g->sw - g->pw + (int64_t)t0 * g->dw < 0) t0++;
-        while (t1 > t0 && ox * g->sw - g->pw + (int64_t)(t1 - 1) * g->dw >= g->w) t1--;
-        /* the first tap inside the input (x and w); an empty window adds nothing but the bias */
-        const int32_t ni = i1 - i0, nt = t1 - t0;
+        if (ox < j->ox_lo || ox >= j->ox_hi) {
+            while (t0 < t1 && ox * g->sw - g->pw + (int64_t)t0 * g->dw < 0) t0++;
+            while (t1 > t0 && ox * g->sw - g->pw + (int64_t)(t1 - 1) * g->dw >= g->w) t1--;
+        }
+        const int32_t nt = t1 - t0;
         const int64_t iy = oy * g->sh - g->ph + (int64_t)i0 * g->dh, ix = ox * g->sw - g->pw + (int64_t)t0 * g->dw;
+        /* the first tap inside the input; an empty window adds nothing but the bias */
         const uint8_t *x0 = j->x + (ni > 0 && nt > 0 ? ((b * g->h + iy) * g->w + ix) * c : 0);
-        const int32_t *w0 = j->w + (int64_t)i0 * wi + (int64_t)t0 * wt;
+        const int32_t *w0 = j->w + ((int64_t)i0 * g->kw + t0) * QC_DW_BLOCK;
         uint8_t *out = j->y + (chunk * g->ow + ox) * c;
+        const int64_t cfull = c - c % QC_DW_BLOCK;
         if (g->kh == 3 && g->kw == 3 && ni == 3 && nt == 3) {
-            /* interior 3x3 windows (most of them): unrolled taps, zx folded into bias3 */
             for (int64_t cb = 0; cb < cfull; cb += QC_DW_BLOCK)
-                qc_dw_block16_3x3(acc + cb, j->bias3 + cb, x0 + cb, xi, xt, w0 + cb, wi, wt);
+                qc_dw_block(j, &rq, out + cb, x0 + cb, xi, xt, w0 + cb * taps, wi, 3, 3, 1, cb, QC_DW_BLOCK);
+            if (cfull < c)
+                qc_dw_block(j, &rq, out + cfull, x0 + cfull, xi, xt, w0 + cfull * taps, wi, 3, 3, 1, cfull, (int)(c - cfull));
         } else {
             for (int64_t cb = 0; cb < cfull; cb += QC_DW_BLOCK)
-                qc_dw_block16(acc + cb, j->bias + cb, x0 + cb, xi, xt, w0 + cb, wi, wt, 0, ni, 0, nt, zx);
+                qc_dw_block(j, &rq, out + cb, x0 + cb, xi, xt, w0 + cb * taps, wi, ni, nt, 0, cb, QC_DW_BLOCK);
+            if (cfull < c)
+                qc_dw_block(j, &rq, out + cfull, x0 + cfull, xi, xt, w0 + cfull * taps, wi, ni, nt, 0, cfull,
+                            (int)(c - cfull));
         }
-        if (cfull < c) {                           /* the channel tail, one at a time */
-            for (int64_t ch = cfull; ch < c; ch++) {
-                int32_t s = j->bias[ch];
-                for (int32_t i = 0; i < ni; i++)
-                    for (int32_t t = 0; t < nt; t++)
-                        s += ((int32_t)x0[i * xi + t * xt + ch] - zx) * w0[i * wi + t * wt + ch];
-                acc[ch] = s;
-            }
-        }
-        /* one requantization loop over all channels (a constant 16 would be unrolled, not vectorized) */
-        qc_requant_block(acc, out, c, j->rq, 0);
     }
 }
 
 void qc_rt_depthwise(const uint8_t *x, uint8_t *y, const qc_window *g, int32_t zx,
                      const int32_t *w, const int32_t *bias, const qc_rq *rq, int threads)
 {
-    int32_t bias3[QC_DW_MAX_CHANNELS];
+    int32_t bias3[QC_DW_MAX_CHANNELS + QC_DW_BLOCK];
+    const int64_t cpad = (g->c + QC_DW_BLOCK - 1) / QC_DW_BLOCK * QC_DW_BLOCK;
     if (g->kh == 3 && g->kw == 3)
-        for (int64_t ch = 0; ch < g->c; ch++) {
+        for (int64_t ch = 0; ch < cpad; ch++) {
+            const int32_t *wc = w + (ch / QC_DW_BLOCK) * 9 * QC_DW_BLOCK + ch % QC_DW_BLOCK;
             uint32_t v = (uint32_t)bias[ch];        /* wrapping: exact once the taps are added */
-            for (int t = 0; t < 9; t++) v -= (uint32_t)(zx * w[t * g->c + ch]);
+            for (int t = 0; t < 9; t++) v -= (uint32_t)(zx * wc[t * QC_DW_BLOCK]);
             bias3[ch] = (int32_t)v;
         }
-    const qc_depthwise_job job = {x, y, g, zx, w, bias, bias3, rq};
+    /* output columns whose whole window row lies inside the input */
+    int64_t ox_lo = g->pw > 0 ? (g->pw + g->sw - 1) / g->sw : 0;
+    int64_t ox_hi = g->w - 1 - (int64_t)(g->kw - 1) * g->dw + g->pw;
+    ox_hi = ox_hi < 0 ? 0 : ox_hi / g->sw + 1;
+    if (ox_hi > g->ow) ox_hi = g->ow;
+    if (ox_lo > ox_hi) ox_lo = ox_hi;
+    const qc_depthwise_job job = {x, y, g, zx, w, bias, bias3, rq, ox_lo, ox_hi};
     const int64_t rows = g->n * g->oh;
     QC_RT_PARALLEL_FOR(qc_depthwise_row, &job, rows,
                        qc_rt_threads(threads, rows * g->ow * g->c * g->kh * g->kw));

@@ -92,8 +92,9 @@ QC_RT_EXPORT void qc_rt_im2col_rows(const uint8_t *x, uint8_t *col, int64_t ldco
                                     int64_t c0, int64_t cg, uint8_t pad, int64_t r0, int64_t count);
 
 /* QConv, depthwise (groups == channels, one output per channel): exact int32
- * sum of (x - zx) * w[kh*kw][c] + bias[c], requantized per channel (weights as int32: the
- * kernel works in int32 lanes; c <= 4096) */
+ * sum of (x - zx) * w + bias[c], requantized per channel. Weights blocked by 16 channels:
+ * w[c / 16][ky * kw + kx][c % 16] as int32 (the kernel works in int32 lanes), channels past
+ * c zero; bias padded to a multiple of 16 likewise; c <= 4096 */
 QC_RT_EXPORT void qc_rt_depthwise(const uint8_t *x, uint8_t *y, const qc_window *g, int32_t zx,
                                   const int32_t *w, const int32_t *bias, const qc_rq *rq, int threads);
 
