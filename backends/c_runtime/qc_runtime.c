@@ -365,12 +365,24 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
 #define QC_DW_X(p) _mm512_cvtepu8_epi32(full ? _mm_loadu_si128((const __m128i *)(p)) : _mm_maskz_loadu_epi8(k, (p)))
     __m512i s = _mm512_loadu_si512(bias);
     if (interior3) {
+#if defined(__AVX512VNNI__)
+        /* vpdpwssd: acc += x_lo * w_lo + x_hi * w_hi = x * w, one uop per tap; a partial sum
+         * per kernel row keeps the dependency chains short */
+        __m512i r[3] = {s, _mm512_setzero_si512(), _mm512_setzero_si512()};
+#pragma GCC unroll 3
+        for (int32_t i = 0; i < 3; i++)
+#pragma GCC unroll 3
+            for (int32_t t = 0; t < 3; t++)
+                r[i] = _mm512_dpwssd_epi32(r[i], QC_DW_X(x + i * xi + t * xt), _mm512_loadu_si512(wb + i * wi + t * 16));
+        s = _mm512_add_epi32(_mm512_add_epi32(r[0], r[1]), r[2]);
+#else
 #pragma GCC unroll 3
         for (int32_t i = 0; i < 3; i++)
 #pragma GCC unroll 3
             for (int32_t t = 0; t < 3; t++)
                 s = _mm512_add_epi32(s, _mm512_madd_epi16(QC_DW_X(x + i * xi + t * xt),
                                                           _mm512_loadu_si512(wb + i * wi + t * 16)));
+#endif
     } else {
         const __m512i z = _mm512_set1_epi32(j->zx);
         for (int32_t i = 0; i < ni; i++)

@@ -28,9 +28,10 @@ MODEL_HEADERS = (C_RUNTIME_DIR / "qc_runtime.h", GLUE_DIR / "qc_x86_gemm_call.h"
 VARIANT_FLAGS = {
     "baseline": (),
     "avx2": ("-mavx2", "-mfma"),
-    "avx512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl"),
+    "avx512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
 }
-#: the runtime variant each GEMM ISA runs with (the CPU running that ISA has these features)
+#: the runtime variant each GEMM ISA runs with (the CPU running that ISA has these features:
+#: the avx512 variant's depthwise uses vpdpwssd, which every AVX-512 VNNI / AMX CPU has)
 VARIANT_OF_ISA = {"scalar": "baseline", "avx2": "avx2", "avxvnni": "avx2", "avx512vnni": "avx512",
                   "amx": "avx512"}
 

@@ -60,7 +60,8 @@ QC_AVX512_FN void qc_store16(const qc_task *t, __m512i acc, int64_t i, int64_t j
         return;
     }
     /* q is inside the byte range already: truncating vpmovdb is exact */
-    _mm_mask_storeu_epi8(t->c + i * t->ldc + j, mask, _mm512_cvtepi32_epi8(q));
+    if (cnt == 16) _mm_storeu_si128((__m128i *)(t->c + i * t->ldc + j), _mm512_cvtepi32_epi8(q));
+    else _mm_mask_storeu_epi8(t->c + i * t->ldc + j, mask, _mm512_cvtepi32_epi8(q));
 }
 
 #endif /* QC_EPILOGUE_AVX512_H */

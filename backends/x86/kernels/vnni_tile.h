@@ -56,13 +56,16 @@ QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, 
         return;
     }
     const int64_t nvalid = t->n - n0;
+    /* a local copy: the output stores (uint8_t *) could alias *t, so every epilogue would
+     * reload its parameters; they cannot alias this one, which stays in registers */
+    const qc_task tl = *t;
 #pragma GCC unroll 16
     for (int i = 0; i < mr; i++)
 #pragma GCC unroll 16
         for (int v = 0; v < NV; v++) {
             const int64_t cnt = nvalid - QC_LANES * v;
             if (cnt > 0)
-                QC_VSTORE_OUT(t, acc[i][v], row0 + i, n0 + QC_LANES * v, cnt >= QC_LANES ? QC_LANES : (int)cnt);
+                QC_VSTORE_OUT(&tl, acc[i][v], row0 + i, n0 + QC_LANES * v, cnt >= QC_LANES ? QC_LANES : (int)cnt);
         }
 }
 
