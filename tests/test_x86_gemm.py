@@ -320,6 +320,27 @@ def test_rows_readable_past_k_are_read_in_place_and_ignored(isa, k):
     assert torch.equal(out, g.gemm(a.contiguous(), packed, isa=isa, threads=2))
 
 
+@pytest.mark.parametrize("isa", [i for i in ISAS if i.startswith(("avx512vnni", "amx"))] or ["scalar"])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 64 + 8, 64 + 24, 64 + 40])
+@pytest.mark.parametrize("mode", ["none", "fp32"])
+def test_narrow_panels_are_exact(isa, n, mode):
+    """Panels with at most 32 valid columns run taller, narrower tiles (12 rows x 1-2
+    vectors); rows 29 = two full tiles and a tail, K with a partial group."""
+    gen = _gen(n)
+    a = _randint(0, 255, (29, 150), torch.uint8, gen)
+    w = _randint(-128, 127, (n, 150), torch.int8, gen)
+    bias = _randint(-1000, 1000, (n,), torch.int32, gen)
+    packed = g.pack_weights(w, bias, 9, isa)
+    acc = _exact_acc(a, w, 9, bias)
+    if mode == "none":
+        assert torch.equal(g.gemm(a, packed, isa=isa, threads=2).to(torch.int64), acc)
+        return
+    real = torch.rand(n, generator=gen, dtype=torch.float64) * 1e-3 + 1e-5
+    rq = g.make_requant(packed, "fp32", multiplier=real.to(torch.float32), zero_point=5)
+    expected = requantize_fp32(acc, real.to(torch.float32), 5, 0, 255).to(torch.uint8)
+    assert torch.equal(g.gemm(a, packed, rq, isa=isa, threads=2), expected)
+
+
 _small_lib = {}
 
 

@@ -196,12 +196,14 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
     const int64_t nvalid = t->n - n0;
     const __m512i b0 = _mm512_loadu_si512((const void *)(t->bias + n0));
     const __m512i b1 = _mm512_loadu_si512((const void *)(t->bias + n0 + 16));
+    qc_epi16 e;
+    qc_epi16_prep(&e, t);
     for (int i = 0; i < mr; i++) {
         const __m512i acc0 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32)), b0);
-        qc_store16(t, acc0, row0 + i, n0, nvalid >= 16 ? 16 : (int)nvalid);
+        qc_store16(&e, acc0, row0 + i, n0, nvalid >= 16 ? 16 : (int)nvalid);
         if (nvalid > 16) {
             const __m512i acc1 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32 + 16)), b1);
-            qc_store16(t, acc1, row0 + i, n0 + 16, nvalid >= 32 ? 16 : (int)(nvalid - 16));
+            qc_store16(&e, acc1, row0 + i, n0 + 16, nvalid >= 32 ? 16 : (int)(nvalid - 16));
         }
     }
 }

@@ -61,9 +61,34 @@
 #define QC_VSTORE(p, v) _mm512_storeu_si512((void *)(p), (v))
 #define QC_VSET1(x) _mm512_set1_epi32(x)
 #define QC_VSTORE_OUT qc_store16
+#define QC_EPI_T qc_epi16
+#define QC_EPI_PREP qc_epi16_prep
+#define QC_TILE_NAME tile
+#define QC_TILE_MR MR
+#define QC_TILE_NV NV
 #include "vnni_tile.h"
+/* narrow panels (at most 32 or 16 of the 64 columns valid: MobileNet's projections, N tails)
+ * take taller tiles of fewer vectors, so no vpdpbusd works on padding */
+#define QC_NARROW_MR 12
+#define QC_TILE_NAME tile_n32
+#define QC_TILE_MR QC_NARROW_MR
+#define QC_TILE_NV 2
+#include "vnni_tile.h"
+#define QC_TILE_NAME tile_n16
+#define QC_TILE_MR QC_NARROW_MR
+#define QC_TILE_NV 1
+#include "vnni_tile.h"
+#undef QC_VEC
+#undef QC_LANES
+#undef QC_VLOAD
+#undef QC_VSTORE
+#undef QC_VSET1
+#undef QC_VSTORE_OUT
+#undef QC_EPI_T
+#undef QC_EPI_PREP
 
 #include "gemm_driver.h"
+#undef QC_NARROW_MR
 
 static int QC_FN(cpu_ok)(void)
 {

@@ -59,7 +59,20 @@
 #define QC_VSTORE(p, v) _mm256_storeu_si256((__m256i *)(p), (v))
 #define QC_VSET1(x) _mm256_set1_epi32(x)
 #define QC_VSTORE_OUT qc_store8
+#define QC_EPI_T qc_task
+#define QC_EPI_PREP(e, t) (*(e) = *(t))
+#define QC_TILE_NAME tile
+#define QC_TILE_MR MR
+#define QC_TILE_NV NV
 #include "vnni_tile.h"
+#undef QC_VEC
+#undef QC_LANES
+#undef QC_VLOAD
+#undef QC_VSTORE
+#undef QC_VSET1
+#undef QC_VSTORE_OUT
+#undef QC_EPI_T
+#undef QC_EPI_PREP
 
 #include "gemm_driver.h"
 

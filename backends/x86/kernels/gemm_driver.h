@@ -18,53 +18,29 @@
  * one chunk, and partial sums between K blocks live in the claiming thread's scratch.
  */
 
-static void QC_FN(tile_any)(int mr, const qc_task *t, const uint8_t *a, const uint8_t *b,
-                            int64_t groups, int rem, int32_t *scr, int first, int last,
-                            int64_t row0, int64_t n0)
-{
-#define QC_TILE_CASE(r) case r: QC_FN(tile)(r, t, a, b, groups, rem, scr, first, last, row0, n0); break;
-    switch (mr) {
-    QC_TILE_CASE(1)
-#if MR >= 2
-    QC_TILE_CASE(2)
-#endif
-#if MR >= 3
-    QC_TILE_CASE(3)
-#endif
-#if MR >= 4
-    QC_TILE_CASE(4)
-#endif
-#if MR >= 5
-    QC_TILE_CASE(5)
-#endif
-#if MR >= 6
-    QC_TILE_CASE(6)
-#endif
-#if MR >= 7
-    QC_TILE_CASE(7)
-#endif
-#if MR >= 8
-    QC_TILE_CASE(8)
-#endif
-#if MR >= 9
-    QC_TILE_CASE(9)
-#endif
-#if MR >= 10
-    QC_TILE_CASE(10)
-#endif
-#if MR >= 11
-    QC_TILE_CASE(11)
-#endif
-#if MR >= 12
-    QC_TILE_CASE(12)
-#endif
+/* QC_FN(any)(mr, ...): the tile function `tile` instantiated for a constant row count */
+#define QC_TILE_CASE(tile, r) case r: QC_FN(tile)(r, t, a, b, groups, rem, scr, first, last, row0, n0); break;
+#define QC_DEFINE_TILE_ANY(any, tile, maxmr)                                                        \
+    static void QC_FN(any)(int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, int64_t groups, \
+                           int rem, int32_t *scr, int first, int last, int64_t row0, int64_t n0)    \
+    {                                                                                              \
+        switch (mr < (maxmr) ? mr : (maxmr)) {                                                      \
+        QC_TILE_CASE(tile, 1) QC_TILE_CASE(tile, 2) QC_TILE_CASE(tile, 3) QC_TILE_CASE(tile, 4)     \
+        QC_TILE_CASE(tile, 5) QC_TILE_CASE(tile, 6) QC_TILE_CASE(tile, 7) QC_TILE_CASE(tile, 8)     \
+        QC_TILE_CASE(tile, 9) QC_TILE_CASE(tile, 10) QC_TILE_CASE(tile, 11) QC_TILE_CASE(tile, 12)  \
+        default: break;                                                                            \
+        }                                                                                          \
+    }
 #if MR > 12
 #error "MR > 12 is not instantiated"
 #endif
-    default: break;
-    }
+QC_DEFINE_TILE_ANY(tile_any, tile, MR)
+#ifdef QC_NARROW_MR
+QC_DEFINE_TILE_ANY(tile_n32_any, tile_n32, QC_NARROW_MR)
+QC_DEFINE_TILE_ANY(tile_n16_any, tile_n16, QC_NARROW_MR)
+#endif
+#undef QC_DEFINE_TILE_ANY
 #undef QC_TILE_CASE
-}
 
 /* one chunk of work: N panel j of M block ib (tiles ib*tpb .. ), on thread slot `slot` */
 static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
@@ -75,6 +51,20 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
     const int64_t ie = qc_min64(ib + t->tiles_per_block, mtiles);
     int32_t *scr = t->scratch ? t->scratch + (int64_t)slot * t->scratch_per_slot : NULL;
     const uint8_t *bp = t->b + j * (t->kgroups * NR * KR * ELEM);
+#ifdef QC_NARROW_MR
+    /* a panel with at most 32 (16) valid columns, K unblocked: taller tiles of 2 (1) vectors */
+    const int64_t ncols = t->n - j * NR;
+    if (ncols <= 32 && t->kc >= t->k) {
+        const int64_t r1 = qc_min64(ie * MR, t->m);
+        for (int64_t row0 = ib * MR; row0 < r1; row0 += QC_NARROW_MR) {
+            const int mr = (int)qc_min64(QC_NARROW_MR, r1 - row0);
+            const uint8_t *a = t->a + row0 * t->lda_bytes;
+            if (ncols <= 16) QC_FN(tile_n16_any)(mr, t, a, bp, t->k / KR, (int)(t->k % KR), NULL, 1, 1, row0, j * NR);
+            else QC_FN(tile_n32_any)(mr, t, a, bp, t->k / KR, (int)(t->k % KR), NULL, 1, 1, row0, j * NR);
+        }
+        return;
+    }
+#endif
     for (int64_t kb = 0; kb < t->k; kb += t->kc) {
         const int64_t kcur = qc_min64(t->kc, t->k - kb);
         const int first = kb == 0, last = kb + kcur >= t->k;
