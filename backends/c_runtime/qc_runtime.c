@@ -46,6 +46,41 @@ typedef struct {
  * 1.2 M floats) */
 #define QC_BOUNDARY_BLOCK 8192
 
+#if defined(__SSSE3__)
+#include <tmmintrin.h>
+#endif
+/* out[3 i + p] = plane p [i] for i < n: 16 positions (48 bytes) per step with pshufb where the
+ * variant has SSSE3 (a byte at a time, the tail and elsewhere) */
+static void qc_interleave3(const uint8_t *restrict p0, const uint8_t *restrict p1, const uint8_t *restrict p2,
+                           uint8_t *restrict out, int64_t n)
+{
+    int64_t i = 0;
+#if defined(__SSSE3__)
+    /* output byte 16 k + r comes from plane (16 k + r) % 3, position (16 k + r) / 3 */
+    int8_t sel[3][3][16];
+    for (int k = 0; k < 3; k++)
+        for (int pl = 0; pl < 3; pl++)
+            for (int r = 0; r < 16; r++)
+                sel[k][pl][r] = (int8_t)((16 * k + r) % 3 == pl ? (16 * k + r) / 3 : -128);
+    __m128i m[3][3];
+    for (int k = 0; k < 3; k++)
+        for (int pl = 0; pl < 3; pl++) m[k][pl] = _mm_loadu_si128((const __m128i *)sel[k][pl]);
+    for (; i + 16 <= n; i += 16) {
+        const __m128i a = _mm_loadu_si128((const __m128i *)(p0 + i)), b = _mm_loadu_si128((const __m128i *)(p1 + i)),
+                      c = _mm_loadu_si128((const __m128i *)(p2 + i));
+        for (int k = 0; k < 3; k++)
+            _mm_storeu_si128((__m128i *)(out + 3 * i + 16 * k),
+                             _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, m[k][0]), _mm_shuffle_epi8(b, m[k][1])),
+                                          _mm_shuffle_epi8(c, m[k][2])));
+    }
+#endif
+    for (; i < n; i++) {
+        out[3 * i] = p0[i];
+        out[3 * i + 1] = p1[i];
+        out[3 * i + 2] = p2[i];
+    }
+}
+
 /* chunk = image * blocks + block: positions [block * QC_BOUNDARY_BLOCK, ...) of every
  * channel, quantized 256 at a time per channel (a loop gcc vectorizes), then interleaved */
 static void qc_quantize_chunk(const void *ctx, int64_t chunk, int slot)
@@ -57,24 +92,26 @@ static void qc_quantize_chunk(const void *ctx, int64_t chunk, int slot)
     const float lo = (float)(j->qmin - j->zp), hi = (float)(j->qmax - j->zp), scale = j->scale;
     const int32_t zp = j->zp;
     uint8_t *restrict q = j->q;
-    uint8_t tmp[256];
+    uint8_t tmp[3][256];
+    const int rgb = j->nhwc && c == 3;     /* RGB images: three planes interleaved at once */
     (void)slot;
     for (int64_t i0 = start; i0 < end; i0 += 256) {
         const int64_t len = end - i0 < 256 ? end - i0 : 256;
         for (int64_t ch = 0; ch < c; ch++) {
             const float *restrict src = j->x + (b * c + ch) * hw + i0;
-            uint8_t *restrict dst = j->nhwc ? tmp : q + (b * c + ch) * hw + i0;
+            uint8_t *restrict dst = j->nhwc ? tmp[rgb ? ch : 0] : q + (b * c + ch) * hw + i0;
             for (int64_t i = 0; i < len; i++) {
                 float y = src[i] / scale;           /* IEEE division, as the reference */
                 y = y >= lo ? y : lo;               /* NaN -> lo, as torch */
                 y = y > hi ? hi : y;
                 dst[i] = (uint8_t)((int32_t)qc_round_half_even(y) + zp);
             }
-            if (j->nhwc) {
+            if (j->nhwc && !rgb) {
                 uint8_t *restrict out = q + (b * hw + i0) * c + ch;
-                for (int64_t i = 0; i < len; i++) out[i * c] = tmp[i];
+                for (int64_t i = 0; i < len; i++) out[i * c] = tmp[0][i];
             }
         }
+        if (rgb) qc_interleave3(tmp[0], tmp[1], tmp[2], q + (b * hw + i0) * 3, len);
     }
 }
 
@@ -137,15 +174,15 @@ typedef struct {
     uint8_t pad;
 } qc_im2col_job;
 
-/* copies n bytes: up to 64 (a thin input's kernel row: 21 bytes for a 3-channel 7x7 stem, 48
- * after its space-to-depth), two overlapping fixed-size copies (single loads and stores, no
- * call); memcpy otherwise */
+/* copies n bytes: up to 256 (an im2col kernel row: 21 bytes for a 3-channel 7x7 stem, 48 after
+ * its space-to-depth, 192 for 3 taps of 64 channels) by fixed-size moves, the last one
+ * overlapping (no libc call per row); memcpy beyond */
 static inline void qc_copy_bytes(uint8_t *restrict dst, const uint8_t *restrict src, int64_t n)
 {
-    if (n > 64) {
+    if (n > 256) {
         memcpy(dst, src, (size_t)n);
-    } else if (n >= 32) {
-        memcpy(dst, src, 32);
+    } else if (n >= 32) {            /* 32-byte moves, the last one overlapping: no libc call */
+        for (int64_t i = 0; i + 32 < n; i += 32) memcpy(dst + i, src + i, 32);
         memcpy(dst + n - 32, src + n - 32, 32);
     } else if (n >= 16) {
         memcpy(dst, src, 16);
@@ -503,25 +540,41 @@ typedef struct {
     const qc_window *g;
 } qc_max_pool_job;
 
-/* one output row (chunk = b * oh + oy) of a max pool */
+/* one output row (chunk = b * oh + oy) of a max pool: per pixel and block of 64 channels,
+ * the running max stays in registers over the taps inside the input (padding never wins) */
 static void qc_max_pool_row(const void *ctx, int64_t chunk, int slot)
 {
     const qc_max_pool_job *j = (const qc_max_pool_job *)ctx;
     const qc_window *g = j->g;
     const int64_t c = g->c, b = chunk / g->oh, oy = chunk % g->oh;
     (void)slot;
+    int32_t i0 = 0, i1 = g->kh;
+    while (i0 < i1 && oy * g->sh - g->ph + (int64_t)i0 * g->dh < 0) i0++;
+    while (i1 > i0 && oy * g->sh - g->ph + (int64_t)(i1 - 1) * g->dh >= g->h) i1--;
     for (int64_t ox = 0; ox < g->ow; ox++) {
+        int32_t t0 = 0, t1 = g->kw;
+        while (t0 < t1 && ox * g->sw - g->pw + (int64_t)t0 * g->dw < 0) t0++;
+        while (t1 > t0 && ox * g->sw - g->pw + (int64_t)(t1 - 1) * g->dw >= g->w) t1--;
         uint8_t *restrict out = j->y + (chunk * g->ow + ox) * c;
-        memset(out, 0, (size_t)c);            /* 0 is the smallest stored value */
-        for (int32_t i = 0; i < g->kh; i++) {
-            const int64_t iy = oy * g->sh - g->ph + (int64_t)i * g->dh;
-            if (iy < 0 || iy >= g->h) continue;
-            for (int32_t t = 0; t < g->kw; t++) {
-                const int64_t ix = ox * g->sw - g->pw + (int64_t)t * g->dw;
-                if (ix < 0 || ix >= g->w) continue;
-                const uint8_t *restrict px = j->x + ((b * g->h + iy) * g->w + ix) * c;
-                for (int64_t ch = 0; ch < c; ch++)
-                    out[ch] = px[ch] > out[ch] ? px[ch] : out[ch];
+        const uint8_t *x0 = j->x + ((b * g->h + oy * g->sh - g->ph) * g->w + ox * g->sw - g->pw) * c;
+        const int64_t xi = (int64_t)g->dh * g->w * c, xt = (int64_t)g->dw * c;
+        for (int64_t cb = 0; cb < c; cb += QC_CBLOCK) {
+            uint8_t m[QC_CBLOCK] = {0};           /* 0 is the smallest stored value */
+            if (c - cb >= QC_CBLOCK) {
+                for (int32_t i = i0; i < i1; i++)
+                    for (int32_t t = t0; t < t1; t++) {
+                        const uint8_t *restrict px = x0 + i * xi + t * xt + cb;
+                        for (int l = 0; l < QC_CBLOCK; l++) m[l] = px[l] > m[l] ? px[l] : m[l];
+                    }
+                memcpy(out + cb, m, QC_CBLOCK);
+            } else {
+                const int64_t cn = c - cb;
+                for (int32_t i = i0; i < i1; i++)
+                    for (int32_t t = t0; t < t1; t++) {
+                        const uint8_t *restrict px = x0 + i * xi + t * xt + cb;
+                        for (int64_t l = 0; l < cn; l++) m[l] = px[l] > m[l] ? px[l] : m[l];
+                    }
+                memcpy(out + cb, m, (size_t)cn);
             }
         }
     }

@@ -47,7 +47,7 @@ AMX_MIN_DEPTH = 128
 #: convolutions whose im2col matrix has at least this many bytes, and at least this many rows
 #: per output channel (so streaming W once per block of rows costs less than writing and
 #: re-reading the matrix), run blocked: im2col of CONV_BLOCK_BYTES of rows, then its GEMM
-CONV_BLOCKED_MIN_BYTES = 1 << 20
+CONV_BLOCKED_MIN_BYTES = 256 << 10
 CONV_BLOCKED_ROWS_PER_COLUMN = 4
 CONV_BLOCK_BYTES = 256 << 10
 
