@@ -9,8 +9,9 @@
  * Per chunk (M block x one 64-column panel): for each 32-row tile, two passes of 32
  * columns; C stays in tiles over all of K, then goes through a 4 KB buffer into the
  * AVX-512 epilogue (bias, requantization, masked stores).
- * Tails: the last K block (K % 64) is read from zero-padded copies of A and W, so no load
- * passes the end of either buffer; M tails reconfigure the tiles with fewer rows (at a
+ * Tails: the last K block (K % 64) is read from a zero-padded copy of W and, unless A's rows
+ * are readable that far (args->a_cols: then in place, the extra bytes meet zero weights),
+ * of A, so no load passes the end of either buffer; M tails reconfigure the tiles with fewer rows (at a
  * pass boundary, where the C tiles hold nothing); N tails are zero columns of the packed
  * panel that the masked epilogue never stores.
  *
