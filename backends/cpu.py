@@ -76,3 +76,20 @@ def host_signature() -> str:
             seen.add(key)
             lines.append(line.strip())
     return platform.machine() + "\n" + "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=None)
+def amx_permitted() -> bool:
+    """Has the OS granted this process the AMX tile data state? Linux asks for it with
+    arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA), as the kernels' qc_amx_ready() does; asking
+    here lets a target choose AMX without loading (or building) the GEMM library."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18
+        return libc.syscall(sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0
+    except (OSError, AttributeError):
+        return False
+

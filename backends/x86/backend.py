@@ -39,6 +39,7 @@ ISA_PREFERENCE = (
     ("avx2", frozenset({"avx2"})),
     ("scalar", frozenset()),
 )
+ISA_NEEDS = dict(ISA_PREFERENCE)
 
 
 #: AMX-packed GEMMs shallower than this run on AVX-512 VNNI (see X86Gemm.call_isa_id)
@@ -55,8 +56,8 @@ CONV_BLOCK_BYTES = 256 << 10
 def choose_isa(features: Optional[frozenset] = None) -> str:
     features = cpu.cpu_features() if features is None else features
     for isa, needs in ISA_PREFERENCE:
-        # AMX also needs the kernel's permission for tile state, which only CPUID + arch_prctl tell
-        if needs <= features and (isa != "amx" or gemm.isa_supported("amx")):
+        # AMX also needs the kernel's permission for tile state, which only arch_prctl tells
+        if needs <= features and (isa != "amx" or cpu.amx_permitted()):
             return isa
     raise AssertionError("unreachable: scalar needs nothing")
 
@@ -73,7 +74,7 @@ class X86Gemm(GemmLowering):
         VNNI layout) run on AVX-512 VNNI where 64-deep AMX tiles would be mostly padding: shallow
         GEMMs (MobileNetV2's expansions, K = 16..96: 1.4-3x faster on the Xeon here) and, for
         N >= 64, depths with a partial last tile (ResNet's 7x7 stem, K = 147: 1.4x)."""
-        if self.isa == "amx" and gemm.isa_supported("avx512vnni") and (
+        if self.isa == "amx" and ISA_NEEDS["avx512vnni"] <= cpu.cpu_features() and (
                 k < AMX_MIN_DEPTH or (k % 64 and k < 2 * AMX_MIN_DEPTH and n >= 64)):
             return gemm._ISA_ID["avx512vnni"]
         return self.isa_id

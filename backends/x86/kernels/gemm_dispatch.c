@@ -27,6 +27,7 @@
 #include "gemm_avxvnni.c"
 #include "gemm_avx512vnni.c"
 #include "gemm_amx.c"
+#ifndef QC_NO_EMULATION   /* the model runtime calls native kernels only: it builds without */
 #define QC_EMULATE_VNNI 1
 #include "gemm_avxvnni.c"
 #include "gemm_avx512vnni.c"
@@ -34,6 +35,12 @@
 #define QC_EMULATE_AMX 1
 #include "gemm_amx.c"
 #undef QC_EMULATE_AMX
+#else
+static int qc_gemm_no_emulation(const qc_gemm_args *p) { (void)p; return QC_ERR_ISA; }
+#define qc_gemm_avxvnni_emu qc_gemm_no_emulation
+#define qc_gemm_avx512vnni_emu qc_gemm_no_emulation
+#define qc_gemm_amx_emu qc_gemm_no_emulation
+#endif
 
 typedef int (*qc_gemm_fn)(const qc_gemm_args *);
 
@@ -52,9 +59,11 @@ QC_EXPORT int qc_isa_supported(int isa)
     switch (isa) {
     case QC_ISA_SCALAR: return 1;
     case QC_ISA_AVX2: return avx2;
+#ifndef QC_NO_EMULATION
     case QC_ISA_AVXVNNI_EMU: return avx2;
     case QC_ISA_AVX512VNNI_EMU: return avx512;
     case QC_ISA_AMX_EMU: return avx512;
+#endif
 #ifndef QC_NO_NATIVE_AMX
     case QC_ISA_AMX: return qc_amx_ready();
 #endif
@@ -123,7 +132,7 @@ QC_EXPORT const char *qc_strerror(int err)
     case QC_OK: return "ok";
     case QC_ERR_NULL: return "a required pointer is NULL";
     case QC_ERR_SIZE: return "m, n and k must be positive (and below 2^31)";
-    case QC_ERR_STRIDE: return "row stride too small (lda < k or ldc < n)";
+    case QC_ERR_STRIDE: return "row stride too small (lda < k or ldc < n), or a_cols outside [k, lda]";
     case QC_ERR_LAYOUT: return "packed weights do not match this kernel's layout (NR, KR, element size or buffer size)";
     case QC_ERR_ISA: return "this CPU (or this build) does not support the requested ISA";
     case QC_ERR_PARAM: return "bad requantization or output parameters";
