@@ -341,6 +341,45 @@ def test_narrow_panels_are_exact(isa, n, mode):
     assert torch.equal(g.gemm(a, packed, rq, isa=isa, threads=2), expected)
 
 
+@pytest.mark.parametrize("isa", [i for i in ("amx", "amx_emu") if i in ISAS])
+@pytest.mark.parametrize("kh, kw, ph, pw", [(3, 3, 1, 1), (1, 3, 0, 1), (3, 3, 0, 0)])
+def test_shifted_views_are_a_convolution(isa, kh, kw, ph, pw):
+    """qc_gemm_shifted_<isa>: a stride-1 convolution read from the padded NHWC image through
+    per-64-k-block offsets, padding rows dropped by the row map, against exact integers;
+    bad offsets and maps are refused before any load."""
+    gen = _gen(kh * 10 + ph)
+    n, h, w, c, cout = 2, 9, 11, 128, 40
+    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    hp, wp = oh + kh - 1, ow + kw - 1
+    x = _randint(0, 255, (n, h, w, c), torch.uint8, gen)
+    xp = torch.full((n, hp, wp, c), 7, dtype=torch.uint8)           # 7: the input zero point
+    xp[:, ph:ph + h, pw:pw + w] = x
+    wt = _randint(-128, 127, (cout, kh, kw, c), torch.int8, gen)
+    packed = g.pack_weights(wt.reshape(cout, -1), None, 7, isa)
+    koff = torch.tensor([(ky * wp + kx) * c + cb * 64 for ky in range(kh) for kx in range(kw)
+                         for cb in range(c // 64)], dtype=torch.int64)
+    m = (n - 1) * hp * wp + (oh - 1) * wp + ow
+    out = torch.full((n * oh * ow, cout), -1, dtype=torch.int32)
+    args = g._build_args(isa, xp.reshape(-1, c)[:m], packed, None, out, None, 2)
+    args.k, args.lda = kh * kw * c, c
+    entry = getattr(LIB.cdll, f"qc_gemm_shifted_{isa}")
+    entry.restype = ctypes.c_int
+    def call(offsets=koff, a_bytes=xp.numel(), base=0, plane=hp * wp, wpad=wp):
+        return entry(ctypes.byref(args), ctypes.c_void_p(offsets.data_ptr()), ctypes.c_int64(a_bytes),
+                     ctypes.c_int64(base), ctypes.c_int64(plane), ctypes.c_int64(wpad), ctypes.c_int64(oh),
+                     ctypes.c_int64(ow))
+    assert call() == 0
+    cols = torch.nn.functional.unfold(xp.permute(0, 3, 1, 2).to(torch.float64), (kh, kw))   # [n, c*kh*kw, L]
+    cols = cols.reshape(n, c, kh, kw, -1).permute(0, 4, 2, 3, 1).reshape(-1, kh * kw * c).to(torch.int64)
+    expected = (cols - 7) @ wt.reshape(cout, -1).to(torch.int64).t()
+    assert torch.equal(out.to(torch.int64), expected)
+    bad = koff.clone()
+    bad[-1] += 64
+    assert call(offsets=bad) == 3                                  # the last block would read past xp
+    assert call(a_bytes=xp.numel() - 1) == 3
+    assert call(wpad=ow - 1) == 2 and call(base=-1) == 2
+
+
 _small_lib = {}
 
 

@@ -306,11 +306,13 @@ class Lowering:
             if direct:
                 lines += self.gemm.emit(self, a=f"{self.ptr(x)} + {g * cg}", lda=cin, m=m, **args)
                 continue
-            fused = self.gemm.emit_conv(self, x=self.ptr(x), geom=geom, c0=g * cg, cg=cg, pad=x.zp, m=m, k=k,
-                                        **args)
+            window = (n, h, w, cin, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
+            fused = self.gemm.emit_conv(self, x=self.ptr(x), geom=geom, window=window, c0=g * cg, cg=cg, pad=x.zp,
+                                        m=m, k=k, groups=groups, **args)
             if fused is not None:
-                lines += fused
-                how = "blocked im2col + GEMM"
+                fused_lines, how, scratch = fused
+                lines += fused_lines
+                reads += scratch
                 continue
             col = col or self.scratch(m * k)
             a = f"QC_BUF({col.ident})"

@@ -88,11 +88,14 @@ class GemmLowering:
              bias: Optional[torch.Tensor], a_zero_point: int, requant: RequantArrays) -> list[str]:
         raise NotImplementedError
 
-    def emit_conv(self, em: "Lowering", *, x: str, geom: str, c0: int, cg: int, pad: int, m: int, k: int,
-                  c: str, ldc: int, weight: torch.Tensor, bias: Optional[torch.Tensor], a_zero_point: int,
-                  requant: RequantArrays) -> Optional[list[str]]:
-        """A convolution as one fused call (im2col per block of rows + GEMM), or None: the
-        emitter then writes the whole im2col matrix and calls :meth:`emit` on it."""
+    def emit_conv(self, em: "Lowering", *, x: str, geom: str, window: tuple, c0: int, cg: int, pad: int,
+                  m: int, k: int, groups: int, c: str, ldc: int, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor], a_zero_point: int,
+                  requant: RequantArrays) -> Optional[tuple[list[str], str, list]]:
+        """A convolution (one group) as a fused call — (C lines, how it runs, scratch buffers
+        from ``em.scratch`` it uses) — or None: the emitter then writes the whole im2col matrix
+        and calls :meth:`emit` on it. ``window``: (n, h, w, cin, oh, ow, kh, kw, sh, sw, ph, pw,
+        dh, dw); ``geom``: the same as a C ``qc_window *``; weights are [cout, (ky, kx, c)]."""
         return None
 
     def runtime_headers(self) -> list[str]:

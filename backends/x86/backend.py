@@ -51,6 +51,8 @@ AMX_MIN_DEPTH = 128
 CONV_BLOCKED_MIN_BYTES = 256 << 10
 CONV_BLOCKED_ROWS_PER_COLUMN = 4
 CONV_BLOCK_BYTES = 256 << 10
+#: shifted-view convolutions compute the padded image's border rows too: at most this share more
+SHIFTED_MAX_PADDING = 1.2
 
 
 def choose_isa(features: Optional[frozenset] = None) -> str:
@@ -99,17 +101,26 @@ class X86Gemm(GemmLowering):
                 f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {threads});",
                 "if (rc) return rc;"]
 
-    def emit_conv(self, em: Lowering, *, x, geom, c0, cg, pad, m, k, c, ldc, weight, bias, a_zero_point,
-                  requant: RequantArrays):
-        """Blocked im2col + GEMM (qc_rt_conv_gemm) where the im2col matrix would not stay in
-        cache and there are rows enough for every thread to own blocks of them."""
+    def emit_conv(self, em: Lowering, *, x, geom, window, c0, cg, pad, m, k, groups, c, ldc, weight, bias,
+                  a_zero_point, requant: RequantArrays):
+        """Stride-1 convolutions over whole 64-channel blocks on AMX: shifted views of the padded
+        input, no im2col (qc_rt_conv_shifted), where padding rows cost little; other large ones
+        blocked (qc_rt_conv_gemm): im2col of CONV_BLOCK_BYTES of rows, then its GEMM, where the
+        im2col matrix would not stay in cache and there are rows enough for every thread."""
         n = weight.shape[0]
+        nb, h, w, cin, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw = window
+        if (self.isa == "amx" and groups == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and cg % 64 == 0
+                and kh * kw > 1 and (oh + kh - 1) * (ow + kw - 1) <= SHIFTED_MAX_PADDING * oh * ow):
+            xp = em.scratch(nb * (oh + kh - 1) * (ow + kw - 1) * cin)
+            return ([f"rc = qc_rt_conv_shifted({self.isa_id}, {x}, {geom}, {pad}, QC_BUF({xp.ident}), {n}, "
+                     f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {CONV_BLOCK_BYTES}, threads);",
+                     "if (rc) return rc;"], "AMX on shifted views of the padded input", [xp])
         if m * k < CONV_BLOCKED_MIN_BYTES or m < CONV_BLOCKED_ROWS_PER_COLUMN * n:
             return None
         isa_id = self.isa_id if (self.isa == "amx" and k >= 64) else self.call_isa_id(n, k)
-        return [f"rc = qc_rt_conv_gemm({isa_id}, {x}, {geom}, {c0}, {cg}, {pad}, {n}, "
-                f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {CONV_BLOCK_BYTES}, threads);",
-                "if (rc) return rc;"]
+        return ([f"rc = qc_rt_conv_gemm({isa_id}, {x}, {geom}, {c0}, {cg}, {pad}, {n}, "
+                 f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {CONV_BLOCK_BYTES}, threads);",
+                 "if (rc) return rc;"], "blocked im2col + GEMM", [])
 
 
 @dataclass

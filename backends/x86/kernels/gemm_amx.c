@@ -150,13 +150,14 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
     }
     for (int64_t kb = kb0; kb < kb1; kb++) {
         const uint8_t *wk = w + kb * 16 * NR * 4;
-        QC_TILE_LOAD(4, a + kb * 64, lda);
+        const int64_t ak = t->koff ? t->koff[kb] : kb * 64;
+        QC_TILE_LOAD(4, a + ak, lda);
         QC_TILE_LOAD(6, wk, NR * 4);
         QC_TILE_LOAD(7, wk + 64, NR * 4);
         QC_TILE_DPBUSD(0, 4, 6);
         QC_TILE_DPBUSD(1, 4, 7);
         if (two) {
-            QC_TILE_LOAD(5, a + 16 * lda + kb * 64, lda);
+            QC_TILE_LOAD(5, a + 16 * lda + ak, lda);
             QC_TILE_DPBUSD(2, 5, 6);
             QC_TILE_DPBUSD(3, 5, 7);
         }
@@ -200,11 +201,13 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
     qc_epi16 e;
     qc_epi16_prep(&e, t);
     for (int i = 0; i < mr; i++) {
+        const int64_t row = qc_map_row(t, row0 + i);
+        if (row < 0) continue;                      /* a padding row of a shifted view */
         const __m512i acc0 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32)), b0);
-        qc_store16(&e, acc0, row0 + i, n0, nvalid >= 16 ? 16 : (int)nvalid);
+        qc_store16(&e, acc0, row, n0, nvalid >= 16 ? 16 : (int)nvalid);
         if (nvalid > 16) {
             const __m512i acc1 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32 + 16)), b1);
-            qc_store16(&e, acc1, row0 + i, n0 + 16, nvalid >= 32 ? 16 : (int)(nvalid - 16));
+            qc_store16(&e, acc1, row, n0 + 16, nvalid >= 32 ? 16 : (int)(nvalid - 16));
         }
     }
 }
@@ -308,12 +311,48 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
     return QC_FN(run)(&t, qc_threads(p));
 }
 
+/* The GEMM over shifted views of one buffer: A's 64-k block kb of row r is the 64 bytes at
+ * a + koff[kb] + r * lda (a_bytes readable from a), K a multiple of 64; output row r goes
+ * to row map(base + r) of C (qc_map_row: plane / wp / oh / ow) or nowhere. A stride-1 convolution
+ * over a padded NHWC image is this with lda = channels and koff = (ky * wp + kx) * channels +
+ * 64 c: no im2col. Every offset is checked against a_bytes before any load. */
+QC_EXPORT int QC_FN(qc_gemm_shifted)(const qc_gemm_args *p, const int64_t *koff, int64_t a_bytes,
+                                     int64_t base, int64_t plane, int64_t wp, int64_t oh, int64_t ow)
+{
+    if (p == NULL || koff == NULL) return QC_ERR_NULL;
+    if (p->struct_size != sizeof(qc_gemm_args)) return QC_ERR_ABI;
+    if (p->k <= 0 || p->k % 64 != 0 || p->m <= 0 || p->lda <= 0 || a_bytes <= 0) return QC_ERR_SIZE;
+    qc_gemm_args whole = *p;             /* everything but A's shape, as a plain GEMM checks it */
+    whole.lda = p->k;
+    whole.a_cols = 0;
+    int err = qc_validate(&whole, NR, KR, ELEM);
+    if (err != QC_OK) return err;
+    for (int64_t kb = 0; kb < p->k / 64; kb++)
+        if (koff[kb] < 0 || koff[kb] + (p->m - 1) * p->lda + 64 > a_bytes) return QC_ERR_STRIDE;
+    if (wp < 0 || base < 0 || (wp > 0 && (ow <= 0 || ow > wp || oh <= 0 || plane < oh * wp))) return QC_ERR_SIZE;
+    if (wp > 0 && (base + p->m - 1) / plane * oh * ow + oh * ow > INT32_MAX) return QC_ERR_SIZE;
+    if (!QC_FN(cpu_ok)()) return QC_ERR_ISA;
+    qc_task t;
+    qc_task_init(&t, p);
+    t.a_cols = p->k;                     /* no K tail: the views are read in place */
+    t.koff = koff;
+    t.map_base = base; t.map_plane = plane; t.map_wp = wp; t.map_oh = oh; t.map_ow = ow;
+    return QC_FN(run)(&t, qc_threads(p));
+}
+
 #else  /* the compiler cannot target AMX: the native entry exists but reports it */
 
 QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
 {
     int err = qc_validate(p, NR, KR, ELEM);
     return err != QC_OK ? err : QC_ERR_ISA;
+}
+
+QC_EXPORT int QC_FN(qc_gemm_shifted)(const qc_gemm_args *p, const int64_t *koff, int64_t a_bytes,
+                                     int64_t base, int64_t plane, int64_t wp, int64_t oh, int64_t ow)
+{
+    (void)p; (void)koff; (void)a_bytes; (void)base; (void)plane; (void)wp; (void)oh; (void)ow;
+    return QC_ERR_ISA;
 }
 
 #endif

@@ -111,7 +111,21 @@ typedef struct qc_task {
     float out_scale;
     uint8_t *c;
     int64_t ldc;
+    /* shifted views (AMX convolutions without im2col, qc_gemm_amx_shifted): A's 64-k block kb
+     * starts at a + koff[kb] (NULL: at a + 64 kb); output row r is row map(r) of C, or none */
+    const int64_t *koff;
+    int64_t map_base, map_plane, map_wp, map_oh, map_ow;   /* map_wp 0: the identity */
 } qc_task;
+
+/* the output row of GEMM row r under the task's row map (-1: a padding row, not stored):
+ * base + r = image * plane + y * wp + x over a padded image, valid where y < oh and x < ow */
+static inline int64_t qc_map_row(const qc_task *t, int64_t r)
+{
+    if (t->map_wp == 0) return r;
+    r += t->map_base;
+    const int64_t img = r / t->map_plane, rem = r % t->map_plane, y = rem / t->map_wp, x = rem % t->map_wp;
+    return (y < t->map_oh && x < t->map_ow) ? (img * t->map_oh + y) * t->map_ow + x : -1;
+}
 
 /* threads for a call: the caller's count, or every CPU this process may use */
 static inline int qc_threads(const qc_gemm_args *p)

@@ -120,4 +120,119 @@ int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c
     return atomic_load(&job.err);
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* convolution without im2col (AMX): shifted views of the padded input                  */
+/* ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *x;
+    uint8_t *xp;
+    const qc_window *g;
+    int64_t hp, wp;
+    uint8_t pad;
+} qc_pad_job;
+
+/* row (b, yp) of the padded image: the border filled with `pad`, the rest copied */
+static void qc_pad_row(const void *ctx, int64_t chunk, int slot)
+{
+    const qc_pad_job *j = (const qc_pad_job *)ctx;
+    const qc_window *g = j->g;
+    const int64_t b = chunk / j->hp, yp = chunk % j->hp, y = yp - g->ph, c = g->c;
+    uint8_t *dst = j->xp + chunk * j->wp * c;
+    (void)slot;
+    if (y < 0 || y >= g->h) {
+        memset(dst, j->pad, (size_t)(j->wp * c));
+        return;
+    }
+    memset(dst, j->pad, (size_t)(g->pw * c));
+    memcpy(dst + g->pw * c, j->x + (b * g->h + y) * g->w * c, (size_t)(g->w * c));
+    memset(dst + (g->pw + g->w) * c, j->pad, (size_t)((j->wp - g->w - g->pw) * c));
+}
+
+#define QC_SHIFTED_MAX_KBLOCKS 4096
+
+typedef struct {
+    qc_gemm_args p;                 /* the whole GEMM; blocks take rows [r0, r0 + mb) of it */
+    const int64_t *koff;
+    int64_t a_bytes, mb, plane, wp, oh, ow;
+    _Atomic int err;
+} qc_shifted_job;
+
+/* one block of rows on one thread: its input slab stays in cache over the taps */
+static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
+{
+    qc_shifted_job *j = (qc_shifted_job *)ctx;
+    (void)slot;
+    if (atomic_load_explicit(&j->err, memory_order_relaxed) != 0) return;
+    const int64_t r0 = chunk * j->mb;
+    qc_gemm_args p = j->p;
+    p.m = j->p.m - r0 < j->mb ? j->p.m - r0 : j->mb;
+    p.a = j->p.a + r0 * j->p.lda;
+    p.threads = 1;
+    const int err = p.isa == QC_ISA_AMX
+        ? qc_gemm_shifted_amx(&p, j->koff, j->a_bytes - r0 * j->p.lda, r0, j->plane, j->wp, j->oh, j->ow)
+#ifndef QC_NO_EMULATION
+        : p.isa == QC_ISA_AMX_EMU
+        ? qc_gemm_shifted_amx_emu(&p, j->koff, j->a_bytes - r0 * j->p.lda, r0, j->plane, j->wp, j->oh, j->ow)
+#endif
+        : QC_ERR_ISA;
+    if (err != 0) {
+        int expected = 0;
+        atomic_compare_exchange_strong(&j->err, &expected, err);
+    }
+}
+
+int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_t pad, uint8_t *xp,
+                       int64_t n, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
+                       const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int64_t block_bytes,
+                       int threads)
+{
+    if (x == NULL || g == NULL || xp == NULL || w == NULL || bias == NULL || rq == NULL || c == NULL)
+        return QC_ERR_NULL;
+    if (g->sh != 1 || g->sw != 1 || g->dh != 1 || g->dw != 1 || g->c % 64 != 0 || g->ph < 0 || g->pw < 0 ||
+        block_bytes <= 0)
+        return QC_ERR_SIZE;
+    const int64_t hp = g->oh + g->kh - 1, wp = g->ow + g->kw - 1;     /* stride 1: the padded image */
+    if (hp < g->h + g->ph || wp < g->w + g->pw) return QC_ERR_SIZE;
+    const int64_t cblocks = g->c / 64, kblocks = (int64_t)g->kh * g->kw * cblocks;
+    if (kblocks <= 0 || kblocks > QC_SHIFTED_MAX_KBLOCKS) return QC_ERR_SIZE;
+    const int nt = threads > 0 ? threads : qc_cpu_count();
+    const qc_pad_job pj = {x, xp, g, hp, wp, pad};
+    qc_parallel_for(qc_pad_row, &pj, g->n * hp, g->n * hp * wp * g->c >= 32768 ? nt : 1);
+    qc_shifted_job job;
+    memset(&job, 0, sizeof job);
+    int64_t koff[QC_SHIFTED_MAX_KBLOCKS];
+    for (int64_t ky = 0, kb = 0; ky < g->kh; ky++)
+        for (int64_t kx = 0; kx < g->kw; kx++)
+            for (int64_t cb = 0; cb < cblocks; cb++, kb++) koff[kb] = (ky * wp + kx) * g->c + cb * 64;
+    qc_gemm_args *p = &job.p;
+    p->struct_size = sizeof *p;
+    p->isa = isa;
+    /* rows over the padded images up to the last valid output pixel: no read leaves xp */
+    p->m = (g->n - 1) * hp * wp + (g->oh - 1) * wp + g->ow;
+    p->n = n; p->k = kblocks * 64;
+    p->a = xp; p->lda = g->c;
+    p->b = w; p->b_bytes = w_bytes;
+    p->b_nr = nr; p->b_kr = kr; p->b_elem = elem;
+    p->requant_mode = rq->mode == QC_RQ_FP32 ? QC_REQUANT_FP32 : QC_REQUANT_FIXED_POINT;
+    p->bias = bias;
+    p->mult = rq->mult; p->m0 = rq->m0; p->shift = rq->shift;
+    p->zero_point = rq->zp; p->qmin = rq->qmin; p->qmax = rq->qmax;
+    p->out_type = QC_OUT_U8;
+    p->c = c; p->ldc = ldc;
+    job.koff = koff;
+    job.a_bytes = g->n * hp * wp * g->c;
+    job.plane = hp * wp; job.wp = wp; job.oh = g->oh; job.ow = g->ow;
+    /* blocks of rows whose input slab (their rows and the taps' reach below) is ~block_bytes,
+     * at least four a thread, whole 32-row AMX tiles */
+    int64_t mb = block_bytes / g->c - (g->kh - 1) * wp - g->kw;
+    const int64_t even = (p->m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt);
+    if (mb > even) mb = even;
+    mb = (mb + 31) / 32 * 32;
+    if (mb < 32) mb = 32;
+    job.mb = mb;
+    qc_parallel_for(qc_shifted_block, &job, (p->m + mb - 1) / mb, nt);
+    return atomic_load(&job.err);
+}
+
 const char *qc_rt_gemm_strerror(int err) { return qc_strerror(err); }
