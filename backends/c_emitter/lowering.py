@@ -176,6 +176,8 @@ class Lowering:
             raise unsupported(node, "Quantize of a computed float value (a float island) is not supported")
         shape = self.shape_of(node)
         nhwc = len(shape) == 4
+        if nhwc and self._quantize_space_to_depth(node, mod, src, shape):
+            return
         out = self.new_tensor(shape, "nhwc" if nhwc else "plain", mod.qparams)
         n, c, hw = _nchw(shape)
         qp = mod.qparams
@@ -185,6 +187,34 @@ class Lowering:
                        f"{c_float(qp.scale_float())}, {out.zp}, {stored(qp.qtype.qmin, out.signed)}, "
                        f"{stored(qp.qtype.qmax, out.signed)}, threads);"], writes=[out])
         self.values[node] = out
+
+    def _quantize_space_to_depth(self, node: fx.Node, mod: Quantize, src: fx.Node, shape: tuple) -> bool:
+        """An input whose one consumer is a thin strided convolution (an RGB stem) is quantized
+        straight into the space-to-depth layout that convolution reads (no separate pass)."""
+        users = list(node.users)
+        conv = self.modules.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+        if not isinstance(conv, QConv) or users[0].args[0] is not node or conv.dims != 2 \
+                or isinstance(conv.padding, str):
+            return False
+        n, c, h, w = shape
+        s = _space_to_depth_stride(conv, c)
+        oh, ow = self.shape_of(users[0])[2:]
+        kh, kw = conv.weight.shape[2:]
+        h2, w2 = oh - 1 + -(-kh // s) if s else 0, ow - 1 + -(-kw // s) if s else 0
+        if not s or c > 4 or w > 4096 or w2 * s * s * c > 16384:
+            return False
+        (ph, pw) = _pair(conv.padding)
+        qp = mod.qparams
+        out = self.new_tensor((n, s * s * c, h2, w2), "nhwc", qp)
+        out.space_to_depth = (s, tuple(shape))
+        self.add_step(f"{node.name}: quantize input {src.name} {list(shape)} to {qp.qtype}, space-to-depth "
+                      f"{s}x{s} for {users[0].name}",
+                      [f"qc_rt_quantize_s2d(inputs[{self.inputs[src]}], {self.ptr(out)}, &(qc_window){{{n}, {h}, {w}, "
+                       f"{c}, {h2}, {w2}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, {c_float(qp.scale_float())}, "
+                       f"{out.zp}, {stored(qp.qtype.qmin, out.signed)}, {stored(qp.qtype.qmax, out.signed)}, "
+                       f"threads);"], writes=[out])
+        self.values[node] = out
+        return True
 
     def lower_output(self, node: fx.Node) -> None:
         results = node.args[0]
@@ -246,7 +276,7 @@ class Lowering:
         x = self.as_layout(self.value(node.args[0], node), "nhwc")
         shape = self.shape_of(node)
         out = self.new_tensor(shape, "nhwc", mod.output_qparams)
-        n, cin, h, w = x.shape
+        n, cin, h, w = x.space_to_depth[1] if x.space_to_depth else x.shape
         _, cout, oh, ow = shape
         o, cg, kh, kw = mod.weight.shape
         groups = mod.groups
@@ -271,20 +301,23 @@ class Lowering:
             self.values[node] = out
             return
         weight, lines, reads, note = mod.weight, [], [x], ""
-        if groups == 1 and sh == sw > 1 and (dh, dw) == (1, 1) and kh > sh and kw > sw \
-                and cin * sh * sw <= SPACE_TO_DEPTH_MAX_CHANNELS:
+        s = _space_to_depth_stride(mod, cin)
+        if s:
             # a thin strided input (an RGB stem): space-to-depth first, so the conv becomes
             # stride 1 over s*s*cin channels (ResNet's 7x7 s2: 4x4 taps of 12 bytes, K = 192 =
-            # three 64-deep AMX blocks; im2col copies 4 rows of 48 bytes instead of 7 of 21)
-            s = sh
+            # three 64-deep AMX blocks; im2col copies 4 rows of 48 bytes instead of 7 of 21);
+            # done by the input's quantize step when this conv is its one consumer
             kqh, kqw = -(-kh // s), -(-kw // s)
             h, w, cin = oh - 1 + kqh, ow - 1 + kqw, s * s * cin
-            x2 = self.scratch(n * h * w * cin)
-            self.add_step(f"{mod.source_layer or node.name}: space-to-depth {s}x{s} of its input "
-                          f"{list(x.shape)} ({node.name})",
-                          [f"qc_rt_im2col({self.ptr(x)}, QC_BUF({x2.ident}), &(qc_window){{{n}, {x.shape[2]}, "
-                           f"{x.shape[3]}, {x.shape[1]}, {h}, {w}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, 0, "
-                           f"{x.shape[1]}, {x.zp}, threads);"], reads=[x], writes=[x2])
+            if x.space_to_depth:
+                x2 = x.buffer
+            else:
+                x2 = self.scratch(n * h * w * cin)
+                self.add_step(f"{mod.source_layer or node.name}: space-to-depth {s}x{s} of its input "
+                              f"{list(x.shape)} ({node.name})",
+                              [f"qc_rt_im2col({self.ptr(x)}, QC_BUF({x2.ident}), &(qc_window){{{n}, {x.shape[2]}, "
+                               f"{x.shape[3]}, {x.shape[1]}, {h}, {w}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, 0, "
+                               f"{x.shape[1]}, {x.zp}, threads);"], reads=[x], writes=[x2])
             padded = torch.zeros((o, cg, kqh * s, kqw * s), dtype=weight.dtype)
             padded[:, :, :kh, :kw] = weight
             # [o, c, ky'*s + dy, kx'*s + dx] -> [o, (dy, dx, c), ky', kx']: the channel order of x2
@@ -481,6 +514,17 @@ class Lowering:
         x = self.as_layout(x, "plain")
         layout = "plain"
         self.values[node] = QTensor(shape, layout, x.zp, x.signed, x.qparams, x.buffer)
+
+
+def _space_to_depth_stride(mod: QConv, cin: int) -> int:
+    """The stride s of a thin strided convolution that runs as stride 1 over s*s*cin channels
+    after space-to-depth (an RGB stem), else 0."""
+    (sh, sw), (dh, dw) = _pair(mod.stride), _pair(mod.dilation)
+    kh, kw = mod.weight.shape[2:]
+    if mod.groups == 1 and sh == sw > 1 and (dh, dw) == (1, 1) and kh > sh and kw > sw \
+            and cin * sh * sw <= SPACE_TO_DEPTH_MAX_CHANNELS:
+        return sh
+    return 0
 
 
 def _pair(v) -> tuple:

@@ -38,6 +38,8 @@ class QTensor:
     qparams: QParams
     buffer: Buffer
     nhwc_dims: Optional[tuple] = None     # (N, C, H, W) of a "nhwc_flat" tensor
+    space_to_depth: Optional[tuple] = None  # (s, (N, C, H, W) before): quantized into the layout a
+                                            # strided convolution reads (its one consumer)
 
     @property
     def numel(self) -> int:

@@ -24,6 +24,8 @@ static inline int qc_rt_threads(int threads, int64_t work)
     return (threads <= 1 || work < 32768) ? 1 : threads;
 }
 
+static inline void qc_copy_bytes(uint8_t *restrict dst, const uint8_t *restrict src, int64_t n);
+
 static inline uint8_t qc_clamp_u8(int32_t v, int32_t lo, int32_t hi)
 {
     return (uint8_t)(v < lo ? lo : v > hi ? hi : v);
@@ -113,6 +115,63 @@ static void qc_quantize_chunk(const void *ctx, int64_t chunk, int slot)
         }
         if (rgb) qc_interleave3(tmp[0], tmp[1], tmp[2], q + (b * hw + i0) * 3, len);
     }
+}
+
+/* Quantize straight into the space-to-depth layout of a strided convolution's input: output
+ * [n, oh, ow, (dy, dx, ch)] of the window g (kh = kw = sh = sw = s, padding ph / pw filled
+ * with the zero point), so an RGB stem needs no separate pass. chunk = b * oh + Y. */
+#define QC_S2D_MAX_ROW 16384
+typedef struct {
+    const float *x;
+    uint8_t *q;
+    const qc_window *g;
+    float scale;
+    int32_t zp, qmin, qmax;
+} qc_quantize_s2d_job;
+
+static void qc_quantize_s2d_row(const void *ctx, int64_t chunk, int slot)
+{
+    const qc_quantize_s2d_job *j = (const qc_quantize_s2d_job *)ctx;
+    const qc_window *g = j->g;
+    const int64_t c = g->c, s = g->sh, b = chunk / g->oh, oy = chunk % g->oh;
+    const int64_t seg = s * c, padded_w = g->ow * s;         /* bytes per (X, dy); input columns covered */
+    const float lo = (float)(j->qmin - j->zp), hi = (float)(j->qmax - j->zp), scale = j->scale;
+    uint8_t row[QC_S2D_MAX_ROW], plane[4][QC_S2D_MAX_ROW / 4];
+    (void)slot;
+    for (int64_t dy = 0; dy < s; dy++) {
+        const int64_t y = oy * s + dy - g->ph;
+        memset(row, j->zp, (size_t)(padded_w * c));
+        if (y >= 0 && y < g->h) {
+            /* input columns [x0, x1) land at padded columns [x0 + pw, x1 + pw) */
+            const int64_t x1 = g->w < padded_w - g->pw ? g->w : padded_w - g->pw;
+            for (int64_t ch = 0; ch < c; ch++) {
+                const float *restrict src = j->x + ((b * c + ch) * g->h + y) * g->w;
+                uint8_t *restrict dst = plane[ch];
+                for (int64_t i = 0; i < x1; i++) {
+                    float v = src[i] / scale;           /* IEEE division, as the reference */
+                    v = v >= lo ? v : lo;               /* NaN -> lo, as torch */
+                    v = v > hi ? hi : v;
+                    dst[i] = (uint8_t)((int32_t)qc_round_half_even(v) + j->zp);
+                }
+            }
+            if (c == 3) {
+                qc_interleave3(plane[0], plane[1], plane[2], row + g->pw * 3, x1);
+            } else {
+                for (int64_t i = 0; i < x1; i++)
+                    for (int64_t ch = 0; ch < c; ch++) row[(g->pw + i) * c + ch] = plane[ch][i];
+            }
+        }
+        uint8_t *out = j->q + chunk * g->ow * s * seg + dy * seg;
+        for (int64_t ox = 0; ox < g->ow; ox++) qc_copy_bytes(out + ox * s * seg, row + ox * seg, seg);
+    }
+}
+
+void qc_rt_quantize_s2d(const float *x, uint8_t *q, const qc_window *g, float scale, int32_t zp, int32_t qmin,
+                        int32_t qmax, int threads)
+{
+    const qc_quantize_s2d_job job = {x, q, g, scale, zp, qmin, qmax};
+    const int64_t rows = g->n * g->oh;
+    QC_RT_PARALLEL_FOR(qc_quantize_s2d_row, &job, rows, qc_rt_threads(threads, rows * g->ow * g->sh * g->sw * g->c));
 }
 
 void qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw, int nhwc,

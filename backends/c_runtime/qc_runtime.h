@@ -82,6 +82,12 @@ typedef struct qc_window {
     int32_t kh, kw, sh, sw, ph, pw, dh, dw;
 } qc_window;
 
+/* Quantize of a float NCHW [n, c, h, w] input straight into the space-to-depth layout a
+ * strided convolution reads: [n, oh, ow, (dy, dx, ch)] for the window g (kh = kw = sh = sw =
+ * s, padding ph / pw filled with zp); c <= 4, s * c * ow * s <= 16384 and w <= 4096 */
+QC_RT_EXPORT void qc_rt_quantize_s2d(const float *x, uint8_t *q, const qc_window *g, float scale, int32_t zp,
+                                     int32_t qmin, int32_t qmax, int threads);
+
 /* QConv (im2col half): rows [n*oh*ow, kh*kw*cg] of channels [c0, c0+cg); padding = pad
  * (the input zero point, so padded taps add (zp - zp) * w = 0 as zero padding does) */
 QC_RT_EXPORT void qc_rt_im2col(const uint8_t *x, uint8_t *col, const qc_window *g, int64_t c0, int64_t cg,
