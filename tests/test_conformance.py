@@ -57,6 +57,7 @@ def test_conv2d(target, groups, cpg, opg, k, stride, padding, act, mode, act_dty
     (64, 40, 3, 1, 1, (3, 29, 31)),      # whole 64-channel blocks, stride 1: no im2col at all on AMX
     (128, 24, 5, 1, 2, (2, 45, 47)),
     (64, 72, 3, 1, 0, (2, 30, 33)),
+    (1, 1, 3, 2, 0, (2, 9, 8)),          # one channel in and out: depthwise, not space-to-depth
 ])
 def test_large_conv2d(target, mode, cin, cout, k, stride, padding, shape):
     torch.manual_seed(cin + k)

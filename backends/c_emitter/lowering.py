@@ -520,8 +520,9 @@ def _space_to_depth_stride(mod: QConv, cin: int) -> int:
     """The stride s of a thin strided convolution that runs as stride 1 over s*s*cin channels
     after space-to-depth (an RGB stem), else 0."""
     (sh, sw), (dh, dw) = _pair(mod.stride), _pair(mod.dilation)
-    kh, kw = mod.weight.shape[2:]
-    if mod.groups == 1 and sh == sw > 1 and (dh, dw) == (1, 1) and kh > sh and kw > sw \
+    o, cg, kh, kw = mod.weight.shape
+    depthwise = cg == 1 and o // mod.groups == 1        # lowered by qc_rt_depthwise instead
+    if mod.groups == 1 and not depthwise and sh == sw > 1 and (dh, dw) == (1, 1) and kh > sh and kw > sw \
             and cin * sh * sw <= SPACE_TO_DEPTH_MAX_CHANNELS:
         return sh
     return 0
