@@ -67,7 +67,7 @@ def test_large_conv2d(target, mode, cin, cout, k, stride, padding, shape):
 
 @pytest.mark.parametrize("target", TARGETS)
 @settings(max_examples=10)
-@given(channels=st.sampled_from([8, 32, 40]), stride=st.integers(1, 2), mode=modes, seed=st.integers(0, 2**16))
+@given(channels=st.sampled_from([8, 32, 40, 48, 80]), stride=st.integers(1, 2), mode=modes, seed=st.integers(0, 2**16))
 def test_depthwise_conv(target, channels, stride, mode, seed):
     torch.manual_seed(seed)
     assert_bit_exact(Conv(channels, channels, 3, stride, 1, channels, "relu6"), torch.randn(1, channels, 10, 10),

@@ -521,6 +521,59 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
 #endif
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define QC_DW_SLIDING 1
+#define QC_DW_SLIDING_MAX_CHANNELS 64
+/* output columns [lo, hi) of one output row of a 3x3 depthwise with stride s (1 or 2) and its
+ * three kernel rows inside the input, block by block of 16 channels: the block's 9 weights
+ * stay in registers, and each input column is widened once and kept for the windows that
+ * share it (3 widenings per output for s = 1 instead of 9). rows[i]: kernel row i's input
+ * row at channel 0; ix0: the input column of output column lo's first tap. */
+static inline __attribute__((always_inline)) void
+qc_dw3_sliding(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out_row, const uint8_t *const rows[3],
+               int64_t ix0, int64_t lo, int64_t hi, const int s)
+{
+    const int64_t c = j->g->c, cfull = c - c % QC_DW_BLOCK;
+#define QC_DW_COL(i, col) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(rows[i] + (col) * c + cb)))
+    for (int64_t cb = 0; cb < cfull; cb += QC_DW_BLOCK) {
+        const int32_t *wb = j->w + cb * 9;
+        __m512i w[3][3], v[3][3];
+        for (int i = 0; i < 3; i++)
+            for (int t = 0; t < 3; t++) w[i][t] = _mm512_loadu_si512(wb + (i * 3 + t) * QC_DW_BLOCK);
+        const __m512i bias3 = _mm512_loadu_si512(j->bias3 + cb);
+        int64_t ix = ix0;
+        for (int i = 0; i < 3; i++) {
+            v[i][0] = QC_DW_COL(i, ix);
+            v[i][1] = QC_DW_COL(i, ix + 1);
+        }
+        for (int64_t ox = lo; ox < hi; ox++, ix += s) {
+            for (int i = 0; i < 3; i++) v[i][2] = QC_DW_COL(i, ix + 2);
+            __m512i r0 = _mm512_dpwssd_epi32(bias3, v[0][0], w[0][0]);
+            __m512i r1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), v[1][0], w[1][0]);
+            __m512i r2 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), v[2][0], w[2][0]);
+            r0 = _mm512_dpwssd_epi32(r0, v[0][1], w[0][1]);
+            r1 = _mm512_dpwssd_epi32(r1, v[1][1], w[1][1]);
+            r2 = _mm512_dpwssd_epi32(r2, v[2][1], w[2][1]);
+            r0 = _mm512_dpwssd_epi32(r0, v[0][2], w[0][2]);
+            r1 = _mm512_dpwssd_epi32(r1, v[1][2], w[1][2]);
+            r2 = _mm512_dpwssd_epi32(r2, v[2][2], w[2][2]);
+            qc_requant16_store(_mm512_add_epi32(_mm512_add_epi32(r0, r1), r2), out_row + ox * c + cb, rq, cb,
+                               0xFFFF, 1);
+            for (int i = 0; i < 3; i++) {          /* the next window: s columns on */
+                if (s == 1) {
+                    v[i][0] = v[i][1];
+                    v[i][1] = v[i][2];
+                } else if (ox + 1 < hi) {
+                    v[i][0] = v[i][2];
+                    v[i][1] = QC_DW_COL(i, ix + 3);
+                }
+            }
+        }
+    }
+#undef QC_DW_COL
+}
+#endif
+
 /* one output row (chunk = b * oh + oy): padded taps add (zx - zx) * w = 0 and are skipped */
 static void qc_depthwise_row(const void *ctx, int64_t chunk, int slot)
 {
@@ -537,7 +590,26 @@ static void qc_depthwise_row(const void *ctx, int64_t chunk, int slot)
     while (i0 < i1 && oy * g->sh - g->ph + (int64_t)i0 * g->dh < 0) i0++;
     while (i1 > i0 && oy * g->sh - g->ph + (int64_t)(i1 - 1) * g->dh >= g->h) i1--;
     const int32_t ni = i1 - i0;
+    int64_t slide_lo = 0, slide_hi = 0;                /* output columns done by the sliding kernel */
+#ifdef QC_DW_SLIDING
+    /* thin layers only (MobileNet's first, 32 channels: 1.3x): with more blocks per pixel the
+     * block-by-block order's strided stores cost more than the widenings it saves */
+    if (g->kh == 3 && g->kw == 3 && ni == 3 && g->sw == 1 && g->dh == 1 && g->dw == 1 &&
+        c >= QC_DW_BLOCK && c <= QC_DW_SLIDING_MAX_CHANNELS && j->ox_hi - j->ox_lo >= 4) {
+        const uint8_t *rows[3];
+        for (int i = 0; i < 3; i++) rows[i] = j->x + (b * g->h + oy * g->sh - g->ph + i) * g->w * c;
+        slide_lo = j->ox_lo;
+        slide_hi = j->ox_hi;
+        const int64_t ix0 = slide_lo * g->sw - g->pw;
+        uint8_t *out_row = j->y + chunk * g->ow * c;
+        if (g->sw == 1) qc_dw3_sliding(j, &rq, out_row, rows, ix0, slide_lo, slide_hi, 1);
+        else qc_dw3_sliding(j, &rq, out_row, rows, ix0, slide_lo, slide_hi, 2);
+    }
+#endif
     for (int64_t ox = 0; ox < g->ow; ox++) {
+        /* the channel tail of the columns the sliding kernel did (its blocks are whole) */
+        const int tail_only = ox >= slide_lo && ox < slide_hi;
+        if (tail_only && c % QC_DW_BLOCK == 0) continue;
         int32_t t0 = 0, t1 = g->kw;
         if (ox < j->ox_lo || ox >= j->ox_hi) {
             while (t0 < t1 && ox * g->sw - g->pw + (int64_t)t0 * g->dw < 0) t0++;
@@ -551,7 +623,7 @@ static void qc_depthwise_row(const void *ctx, int64_t chunk, int slot)
         uint8_t *out = j->y + (chunk * g->ow + ox) * c;
         const int64_t cfull = c - c % QC_DW_BLOCK;
         if (g->kh == 3 && g->kw == 3 && ni == 3 && nt == 3) {
-            for (int64_t cb = 0; cb < cfull; cb += QC_DW_BLOCK)
+            for (int64_t cb = tail_only ? cfull : 0; cb < cfull; cb += QC_DW_BLOCK)
                 qc_dw_block(j, &rq, out + cb, x0 + cb, xi, xt, w0 + cb * taps, wi, 3, 3, 1, cb, QC_DW_BLOCK);
             if (cfull < c)
                 qc_dw_block(j, &rq, out + cfull, x0 + cfull, xi, xt, w0 + cfull * taps, wi, 3, 3, 1, cfull, (int)(c - cfull));
