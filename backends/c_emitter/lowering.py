@@ -49,6 +49,7 @@ class Lowering:
         self.input_specs: list[IOSpec] = []
         self.output_specs: list[IOSpec] = []
         self._converted: dict[tuple, QTensor] = {}
+        self._fused: set[fx.Node] = set()
         self.tuple_output = False
         _, self.shapes = run_reference(gm, *example_inputs, capture=True)
 
@@ -139,6 +140,8 @@ class Lowering:
                        self.tuple_output)
 
     def lower_node(self, node: fx.Node) -> None:
+        if node in self._fused:
+            return                  # computed by its producer's step (a residual add in an epilogue)
         mod = self.modules.get(node.target) if node.op == "call_module" else None
         if isinstance(mod, Quantize):
             return self.lower_quantize(node, mod)
@@ -275,7 +278,6 @@ class Lowering:
             raise unsupported(node, "only conv2d with numeric padding is supported")
         x = self.as_layout(self.value(node.args[0], node), "nhwc")
         shape = self.shape_of(node)
-        out = self.new_tensor(shape, "nhwc", mod.output_qparams)
         n, cin, h, w = x.space_to_depth[1] if x.space_to_depth else x.shape
         _, cout, oh, ow = shape
         o, cg, kh, kw = mod.weight.shape
@@ -286,7 +288,15 @@ class Lowering:
         what = (f"{mod.source_layer or node.name}: conv {kh}x{kw} s{sh} p{ph}"
                 + (f" g{groups}" if groups > 1 else "") + f", {cin}->{cout}, {h}x{w}->{oh}x{ow}")
         bias = mod.bias if mod.bias is not None else torch.zeros(o, dtype=torch.int32)
-        if cg == 1 and og == 1 and o <= DEPTHWISE_MAX_CHANNELS:
+        depthwise = cg == 1 and og == 1 and o <= DEPTHWISE_MAX_CHANNELS
+        fused_add = None if depthwise or groups > 1 else self._fusable_add(node, mod, o, kh * kw * cg)
+        if fused_add is None:
+            out = self.new_tensor(shape, "nhwc", mod.output_qparams)
+        else:
+            add_node, add_mod, other = fused_add
+            out = self.new_tensor(shape, "nhwc", add_mod.output_qparams)
+            add_literal = self._add_literal(node, mod, add_node, add_mod, other, o)
+        if depthwise:
             blocks = -(-o // 16)                 # [C/16][kh*kw][16], zero past C (qc_rt_depthwise)
             w_dw = torch.zeros((blocks * 16, kh * kw), dtype=torch.int32)
             w_dw[:o] = mod.weight.reshape(o, kh * kw).to(torch.int32)
@@ -333,9 +343,11 @@ class Lowering:
         col, how = None, "GEMM on NHWC rows" if direct else "im2col + GEMM"
         for g in range(groups):
             w2d = weight[g * og:(g + 1) * og].permute(0, 2, 3, 1).reshape(og, k)   # k = (ky, kx, c)
-            rq = RequantArrays.from_requant(mod.requant, o, out.signed, g * og, (g + 1) * og)
+            rq = RequantArrays.from_requant(mod.requant, o, mod.output_qparams.qtype.signed, g * og, (g + 1) * og)
             args = dict(c=f"{self.ptr(out)} + {g * og}", ldc=o, weight=w2d, bias=bias[g * og:(g + 1) * og],
                         a_zero_point=x.zp, requant=rq)
+            if fused_add is not None:
+                args["add"] = add_literal
             if direct:
                 lines += self.gemm.emit(self, a=f"{self.ptr(x)} + {g * cg}", lda=cin, m=m, **args)
                 continue
@@ -351,9 +363,47 @@ class Lowering:
             a = f"QC_BUF({col.ident})"
             lines.append(f"qc_rt_im2col({self.ptr(x)}, {a}, {geom}, {g * cg}, {cg}, {x.zp}, threads);")
             lines += self.gemm.emit(self, a=a, lda=k, m=m, **args)
+        if fused_add is not None:
+            reads.append(other)
+            how += f", + residual add {add_node.name} in its epilogue"
         self.add_step(f"{what}, {note}{how} ({node.name})", lines, reads=reads + ([col] if col else []),
                       writes=[out])
-        self.values[node] = out
+        if fused_add is not None:
+            self.values[add_node] = out
+            self._fused.add(add_node)
+        else:
+            self.values[node] = out
+
+    def _fusable_add(self, node: fx.Node, mod: QConv, n: int, k: int):
+        """(add node, QAdd, the other addend) when the convolution's one consumer is a QAdd whose
+        other input is already computed, in the same layout, and the target's epilogue can do it."""
+        users = list(node.users)
+        add = self.modules.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+        if not isinstance(add, QAdd) or len(users[0].args) != 2 or not self.gemm.fuses_add(n, k):
+            return None
+        a, b = users[0].args
+        other = b if a is node else a
+        if other is node or not isinstance(other, fx.Node) or other not in self.values:
+            return None
+        t = self.values[other]
+        if t.layout != "nhwc" or t.shape != self.shape_of(node) or t.signed != add.output_qparams.qtype.signed:
+            return None
+        if add.mode != "fp32" and not all(0 <= int(v) < 2**31 for v in add.m0.tolist()):
+            return None
+        return users[0], add, t
+
+    def _add_literal(self, node: fx.Node, mod: QConv, add_node: fx.Node, add: QAdd, other: QTensor,
+                     ldr: int) -> str:
+        """The qc_rt_add_params C literal: the convolution's output is the addend in its own position."""
+        own = 0 if add_node.args[0] is node else 1
+        signed = add.output_qparams.qtype.signed
+        za = stored(mod.output_qparams.zero_point_int(), mod.output_qparams.qtype.signed)
+        mult, m0 = add.multipliers.tolist(), [int(v) for v in add.m0.tolist()]
+        mode = "QC_RQ_FP32" if add.mode == "fp32" else "QC_RQ_FIXED_POINT"
+        zo = stored(add.output_qparams.zero_point_int(), signed)
+        return (f"&(qc_rt_add_params){{{self.ptr(other)}, {ldr}, {mode}, {za}, {other.zp}, {zo}, "
+                f"{stored(add.qmin, signed)}, {stored(add.qmax, signed)}, {add.shift}, {c_float(mult[own])}, "
+                f"{c_float(mult[1 - own])}, INT64_C({m0[own]}), INT64_C({m0[1 - own]})}}")
 
     # -- elementwise -----------------------------------------------------------------------
 

@@ -87,13 +87,20 @@ class GemmLowering:
     """What a target supplies for C = requant(A · Wᵀ + bias): packing and the C call."""
 
     def emit(self, em: "Lowering", *, a: str, lda: int, m: int, c: str, ldc: int, weight: torch.Tensor,
-             bias: Optional[torch.Tensor], a_zero_point: int, requant: RequantArrays) -> list[str]:
+             bias: Optional[torch.Tensor], a_zero_point: int, requant: RequantArrays,
+             add: Optional[str] = None) -> list[str]:
+        """``add``: a ``qc_rt_add_params *`` C expression (a residual add fused into the epilogue),
+        only where :meth:`fuses_add` said yes."""
         raise NotImplementedError
+
+    def fuses_add(self, n: int, k: int) -> bool:
+        """Can the epilogue of a GEMM of width n and depth k also do a residual add?"""
+        return False
 
     def emit_conv(self, em: "Lowering", *, x: str, geom: str, window: tuple, c0: int, cg: int, pad: int,
                   m: int, k: int, groups: int, c: str, ldc: int, weight: torch.Tensor,
-                  bias: Optional[torch.Tensor], a_zero_point: int,
-                  requant: RequantArrays) -> Optional[tuple[list[str], str, list]]:
+                  bias: Optional[torch.Tensor], a_zero_point: int, requant: RequantArrays,
+                  add: Optional[str] = None) -> Optional[tuple[list[str], str, list]]:
         """A convolution (one group) as a fused call — (C lines, how it runs, scratch buffers
         from ``em.scratch`` it uses) — or None: the emitter then writes the whole im2col matrix
         and calls :meth:`emit` on it. ``window``: (n, h, w, cin, oh, ow, kh, kw, sh, sw, ph, pw,

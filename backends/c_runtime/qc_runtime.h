@@ -30,6 +30,18 @@ typedef struct qc_rq {
     int32_t zp, qmin, qmax;
 } qc_rq;
 
+/* a residual add fused into a producer's epilogue (QAdd; qc_rt_add's parameters): the
+ * producer's requantized output q (stored zero point za) plus r (zero point zb), same shape,
+ * row stride ldr; m0a / m0b / shift used in fixed-point mode, ma / mb in fp32 mode */
+typedef struct qc_rt_add_params {
+    const uint8_t *r;
+    int64_t ldr;
+    int32_t mode;            /* QC_RQ_* */
+    int32_t za, zb, zo, qmin, qmax, shift;
+    float ma, mb;
+    int64_t m0a, m0b;
+} qc_rt_add_params;
+
 /* round half to even of a float32 already clamped to |y| < 2^22 (default rounding mode;
  * no libm call, so it vectorizes; -ffp-contract=off keeps the two additions apart) */
 static inline float qc_round_half_even(float y)

@@ -94,15 +94,21 @@ class X86Gemm(GemmLowering):
         return (f"{em.weight(packed.data, 'uint8_t')}, {packed.nbytes}, {b.nr}, {b.kr}, {b.elem}, "
                 f"{em.weight(packed.bias, 'int32_t')}, {em.rq_literal(padded)}")
 
-    def emit(self, em: Lowering, *, a, lda, m, c, ldc, weight, bias, a_zero_point, requant: RequantArrays):
+    def emit(self, em: Lowering, *, a, lda, m, c, ldc, weight, bias, a_zero_point, requant: RequantArrays,
+             add=None):
         n, k = weight.shape
         threads = "1" if m * n * k < SERIAL_BELOW_MACS else "threads"
         return [f"rc = qc_rt_gemm({self.call_isa_id(n, k)}, {m}, {n}, {k}, {a}, {lda}, "
-                f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {threads});",
+                f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {add or 'NULL'}, {threads});",
                 "if (rc) return rc;"]
 
+    def fuses_add(self, n: int, k: int) -> bool:
+        """The AVX-512 epilogue does residual adds: every call of AMX or AVX-512 VNNI packed
+        weights runs one of those two kernels."""
+        return self.isa in ("avx512vnni", "amx")
+
     def emit_conv(self, em: Lowering, *, x, geom, window, c0, cg, pad, m, k, groups, c, ldc, weight, bias,
-                  a_zero_point, requant: RequantArrays):
+                  a_zero_point, requant: RequantArrays, add=None):
         """Stride-1 convolutions over whole 64-channel blocks on AMX: shifted views of the padded
         input, no im2col (qc_rt_conv_shifted), where padding rows cost little; other large ones
         blocked (qc_rt_conv_gemm): im2col of CONV_BLOCK_BYTES of rows, then its GEMM, where the
@@ -113,13 +119,15 @@ class X86Gemm(GemmLowering):
                 and kh * kw > 1 and (oh + kh - 1) * (ow + kw - 1) <= SHIFTED_MAX_PADDING * oh * ow):
             xp = em.scratch(nb * (oh + kh - 1) * (ow + kw - 1) * cin)
             return ([f"rc = qc_rt_conv_shifted({self.isa_id}, {x}, {geom}, {pad}, QC_BUF({xp.ident}), {n}, "
-                     f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {CONV_BLOCK_BYTES}, threads);",
+                     f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {add or 'NULL'}, "
+                     f"{CONV_BLOCK_BYTES}, threads);",
                      "if (rc) return rc;"], "AMX on shifted views of the padded input", [xp])
         if m * k < CONV_BLOCKED_MIN_BYTES or m < CONV_BLOCKED_ROWS_PER_COLUMN * n:
             return None
         isa_id = self.isa_id if (self.isa == "amx" and k >= 64) else self.call_isa_id(n, k)
         return ([f"rc = qc_rt_conv_gemm({isa_id}, {x}, {geom}, {c0}, {cg}, {pad}, {n}, "
-                 f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {CONV_BLOCK_BYTES}, threads);",
+                 f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {add or 'NULL'}, "
+                 f"{CONV_BLOCK_BYTES}, threads);",
                  "if (rc) return rc;"], "blocked im2col + GEMM", [])
 
 

@@ -137,11 +137,11 @@ class _Args(ctypes.Structure):
         ("zero_point", ctypes.c_int32), ("qmin", ctypes.c_int32), ("qmax", ctypes.c_int32),
         ("out_scale", ctypes.c_float), ("out_type", ctypes.c_int32),
         ("c", ctypes.c_void_p), ("ldc", ctypes.c_int64),
-        ("threads", ctypes.c_int32), ("a_cols", ctypes.c_int64),
+        ("threads", ctypes.c_int32), ("a_cols", ctypes.c_int64), ("post_add", ctypes.c_void_p),
     ]
 
 
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _lib_lock = threading.Lock()
 
 

@@ -25,6 +25,12 @@ typedef struct {
     const int32_t *m0, *shift;
     uint8_t *c;
     int64_t ldc;
+    /* a fused residual add (qc_post_add), when r != NULL */
+    const uint8_t *r;
+    int64_t ldr;
+    int32_t add_mode, add_shift;
+    __m512i za, zb, add_zo, add_lo64, add_hi64, m0a, m0b, half;
+    __m512 ma, mb, add_lo, add_hi;
 } qc_epi16;
 
 QC_AVX512_FN void qc_epi16_prep(qc_epi16 *e, const qc_task *t)
@@ -42,6 +48,53 @@ QC_AVX512_FN void qc_epi16_prep(qc_epi16 *e, const qc_task *t)
     e->shift = t->shift;
     e->c = t->c;
     e->ldc = t->ldc;
+    e->r = NULL;
+    if (t->post_add != NULL) {
+        const qc_post_add *a = t->post_add;
+        e->r = a->r;
+        e->ldr = a->ldr;
+        e->add_mode = a->mode;
+        e->add_shift = a->shift;
+        e->za = _mm512_set1_epi32(a->za);
+        e->zb = _mm512_set1_epi32(a->zb);
+        e->add_zo = _mm512_set1_epi32(a->zo);
+        e->add_lo64 = _mm512_set1_epi64((int64_t)a->qmin - a->zo);
+        e->add_hi64 = _mm512_set1_epi64((int64_t)a->qmax - a->zo);
+        e->ma = _mm512_set1_ps(a->ma);
+        e->mb = _mm512_set1_ps(a->mb);
+        e->add_lo = _mm512_set1_ps((float)(a->qmin - a->zo));
+        e->add_hi = _mm512_set1_ps((float)(a->qmax - a->zo));
+        e->m0a = _mm512_set1_epi64(a->m0a);
+        e->m0b = _mm512_set1_epi64(a->m0b);
+        e->half = _mm512_set1_epi64((int64_t)1 << (a->shift - 1));
+    }
+}
+
+/* the fused residual add of 16 requantized outputs q (row i, channels j..): exactly
+ * qc_rt_add (c_runtime) on q and the other addend's bytes */
+QC_AVX512_FN __m512i qc_post_add16(const qc_epi16 *e, __m512i q, int64_t i, int64_t j, __mmask16 mask)
+{
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, e->r + i * e->ldr + j));
+    const __m512i da = _mm512_sub_epi32(q, e->za), db = _mm512_sub_epi32(b, e->zb);
+    if (e->add_mode == QC_REQUANT_FP32) {
+        /* two float32 products and one float32 sum, each rounded (no FMA), clamped, half to even */
+        __m512 v = _mm512_add_round_ps(_mm512_mul_round_ps(_mm512_cvt_roundepi32_ps(da, QC_RN), e->ma, QC_RN),
+                                       _mm512_mul_round_ps(_mm512_cvt_roundepi32_ps(db, QC_RN), e->mb, QC_RN), QC_RN);
+        v = _mm512_min_ps(_mm512_max_ps(v, e->add_lo), e->add_hi);
+        return _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, QC_RN), e->add_zo);
+    }
+    /* int64 lanes, even and odd channels: (da * m0a + db * m0b + 2^(t-1)) >> t */
+    const __m512i ev = _mm512_add_epi64(_mm512_add_epi64(_mm512_mul_epi32(da, e->m0a), _mm512_mul_epi32(db, e->m0b)),
+                                        e->half);
+    const __m512i od = _mm512_add_epi64(_mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(da, 32), e->m0a),
+                                                         _mm512_mul_epi32(_mm512_srli_epi64(db, 32), e->m0b)),
+                                        e->half);
+    /* clamped in 64 bits (to [qmin - zo, qmax - zo]), then the zero point */
+    const __m512i shift = _mm512_set1_epi64(e->add_shift);
+    const __m512i qe = _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(ev, shift), e->add_lo64), e->add_hi64);
+    const __m512i qo = _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(od, shift), e->add_lo64), e->add_hi64);
+    const __m512i qq = _mm512_mask_blend_epi32((__mmask16)0xAAAA, qe, _mm512_slli_epi64(qo, 32));
+    return _mm512_add_epi32(qq, e->add_zo);
 }
 
 QC_AVX512_FN __m512i qc_requant16(const qc_epi16 *e, __m512i acc, int64_t j)
@@ -83,6 +136,7 @@ QC_AVX512_FN void qc_store16(const qc_epi16 *e, __m512i acc, int64_t i, int64_t 
         _mm512_mask_storeu_ps((float *)e->c + i * e->ldc + j, mask, f);
         return;
     }
+    if (e->r != NULL) q = qc_post_add16(e, q, i, j, mask);
     /* q is inside the byte range already: truncating vpmovdb is exact */
     if (cnt == 16) _mm_storeu_si128((__m128i *)(e->c + i * e->ldc + j), _mm512_cvtepi32_epi8(q));
     else _mm_mask_storeu_epi8(e->c + i * e->ldc + j, mask, _mm512_cvtepi32_epi8(q));

@@ -119,6 +119,7 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
 {
     int err = qc_validate(p, NR, KR, ELEM);
     if (err != QC_OK) return err;
+    if (p->post_add != NULL) return QC_ERR_PARAM;   /* AVX-512 VNNI / AMX only */
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2")) return QC_ERR_ISA;
     const int nt = qc_threads(p);

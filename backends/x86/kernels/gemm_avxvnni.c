@@ -90,6 +90,7 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
 {
     int err = qc_validate(p, NR, KR, ELEM);
     if (err != QC_OK) return err;
+    if (p->post_add != NULL) return QC_ERR_PARAM;   /* AVX-512 VNNI / AMX only */
     if (!QC_FN(cpu_ok)()) return QC_ERR_ISA;
     qc_task t;
     qc_task_init(&t, p);

@@ -28,7 +28,7 @@
 
 #include "thread_pool.h"
 
-#define QC_GEMM_ABI_VERSION 2
+#define QC_GEMM_ABI_VERSION 3
 #define QC_EXPORT __attribute__((visibility("default")))
 
 /* error codes (qc_strerror gives the text) */
@@ -64,6 +64,20 @@ enum {
 enum { QC_REQUANT_NONE = 0, QC_REQUANT_FP32 = 1, QC_REQUANT_FIXED_POINT = 2 };
 enum { QC_OUT_U8 = 0, QC_OUT_S8 = 1, QC_OUT_I32 = 2, QC_OUT_F32 = 3 };
 
+/* a residual add fused into the epilogue (QAdd of core/integer_ops.py): the GEMM's requantized
+ * uint8 output q ("own", zero point za) and the uint8 tensor r of the same shape ("other", zero
+ * point zb) give clamp(round(f32(f32(q - za) * ma) + f32(f32(r - zb) * mb)) + zo, qmin, qmax)
+ * (fp32), or clamp(((q - za) * m0a + (r - zb) * m0b + 2^(shift-1)) >> shift) + zo ...) (fixed
+ * point); only the sum is stored. AVX-512 VNNI and AMX kernels only. */
+typedef struct qc_post_add {
+    const uint8_t *r;          /* [m, n] uint8, row stride ldr (elements) */
+    int64_t ldr;
+    int32_t mode;              /* QC_REQUANT_FP32 / QC_REQUANT_FIXED_POINT */
+    int32_t za, zb, zo, qmin, qmax, shift;
+    float ma, mb;
+    int64_t m0a, m0b;          /* fixed point: in [0, 2^31) */
+} qc_post_add;
+
 typedef struct qc_gemm_args {
     uint32_t struct_size;      /* = sizeof(qc_gemm_args) */
     int32_t isa;               /* QC_ISA_*; AUTO = best the CPU supports (CPUID) */
@@ -88,6 +102,7 @@ typedef struct qc_gemm_args {
     int64_t a_cols;            /* 0, or bytes readable in every row of A (k <= a_cols <= lda):
                                   a kernel that pads K may then read the pad A[i, k..) in place
                                   (its weights are zero there) instead of copying the row tail */
+    const qc_post_add *post_add;   /* NULL, or a residual add fused into the epilogue (ABI 3) */
 } qc_gemm_args;
 
 /* what one kernel call needs, shared by every thread (read-only during the run) */
@@ -113,6 +128,7 @@ typedef struct qc_task {
     int64_t ldc;
     /* shifted views (AMX convolutions without im2col, qc_gemm_amx_shifted): A's 64-k block kb
      * starts at a + koff[kb] (NULL: at a + 64 kb); output row r is row map(r) of C, or none */
+    const qc_post_add *post_add;
     const int64_t *koff;
     int64_t map_base, map_plane, map_wp, map_oh, map_ow;   /* map_wp 0: the identity */
 } qc_task;
@@ -173,6 +189,25 @@ static int qc_validate(const qc_gemm_args *p, int nr, int kr, int elem)
         return QC_ERR_PARAM;
     }
     if (p->qmin > p->qmax) return QC_ERR_PARAM;
+    if (p->post_add != NULL) {
+        const qc_post_add *a = p->post_add;
+        if (p->out_type != QC_OUT_U8) return QC_ERR_PARAM;
+        if (a->r == NULL) return QC_ERR_NULL;
+        if (a->ldr < p->n) return QC_ERR_STRIDE;
+        if (a->qmin < 0 || a->qmax > 255 || a->qmin > a->qmax || a->za < 0 || a->za > 255 || a->zb < 0 ||
+            a->zb > 255 || a->zo < -(1 << 20) || a->zo > (1 << 20))
+            return QC_ERR_PARAM;
+        if (a->mode == QC_REQUANT_FP32) {
+            if (!(a->ma == a->ma && a->mb == a->mb) || a->ma > 1e30f || a->ma < -1e30f || a->mb > 1e30f ||
+                a->mb < -1e30f)
+                return QC_ERR_PARAM;
+        } else if (a->mode == QC_REQUANT_FIXED_POINT) {
+            if (a->shift < 1 || a->shift > 62 || a->m0a < 0 || a->m0a > INT32_MAX || a->m0b < 0 || a->m0b > INT32_MAX)
+                return QC_ERR_PARAM;
+        } else {
+            return QC_ERR_PARAM;
+        }
+    }
     /* keeps |q - zero_point| < 2^22: exact in float32 and in qc_round_even_f32 */
     if (p->zero_point < -(1 << 20) || p->zero_point > (1 << 20)) return QC_ERR_PARAM;
     {
@@ -210,6 +245,7 @@ static void qc_task_init(qc_task *t, const qc_gemm_args *p)
     t->out_scale = p->out_scale;
     t->c = (uint8_t *)p->c;
     t->ldc = p->ldc;
+    t->post_add = p->post_add;
 }
 
 /* ------------------------------------------------------------------------------------ */

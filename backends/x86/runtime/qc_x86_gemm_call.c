@@ -4,9 +4,20 @@
 
 #include <pthread.h>
 
+/* the GEMM ABI's form of the runtime's fused-add parameters */
+static void qc_post_add_from(qc_post_add *p, const qc_rt_add_params *a)
+{
+    memset(p, 0, sizeof *p);
+    p->r = a->r; p->ldr = a->ldr;
+    p->mode = a->mode == QC_RQ_FP32 ? QC_REQUANT_FP32 : QC_REQUANT_FIXED_POINT;
+    p->za = a->za; p->zb = a->zb; p->zo = a->zo; p->qmin = a->qmin; p->qmax = a->qmax; p->shift = a->shift;
+    p->ma = a->ma; p->mb = a->mb; p->m0a = a->m0a; p->m0b = a->m0b;
+}
+
 static int qc_rt_gemm_cols(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
                            int64_t a_cols, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
-                           const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int threads)
+                           const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, const qc_rt_add_params *add,
+                           int threads)
 {
     qc_gemm_args p;
     memset(&p, 0, sizeof p);
@@ -22,15 +33,20 @@ static int qc_rt_gemm_cols(int32_t isa, int64_t m, int64_t n, int64_t k, const u
     p.zero_point = rq->zp; p.qmin = rq->qmin; p.qmax = rq->qmax;
     p.out_type = QC_OUT_U8;      /* int8 tensors are stored shifted to uint8 (qc_runtime.h) */
     p.c = c; p.ldc = ldc;
+    qc_post_add post;
+    if (add != NULL) {
+        qc_post_add_from(&post, add);
+        p.post_add = &post;
+    }
     p.threads = threads > 0 ? threads : 0;
     return qc_gemm(&p);
 }
 
 int qc_rt_gemm(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
                const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
-               const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int threads)
+               const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, const qc_rt_add_params *add, int threads)
 {
-    return qc_rt_gemm_cols(isa, m, n, k, a, lda, 0, w, w_bytes, nr, kr, elem, bias, rq, c, ldc, threads);
+    return qc_rt_gemm_cols(isa, m, n, k, a, lda, 0, w, w_bytes, nr, kr, elem, bias, rq, c, ldc, add, threads);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -76,6 +92,7 @@ typedef struct {
     const qc_rq *rq;
     uint8_t *c;
     int64_t ldc;
+    const qc_rt_add_params *add;
     _Atomic int err;
 } qc_conv_job;
 
@@ -90,8 +107,13 @@ static void qc_conv_block(const void *ctx, int64_t chunk, int slot)
     if (col != NULL) {
         qc_rt_im2col_rows(j->x, col, j->ldk, j->g, j->c0, j->cg, j->pad, r0, rows);
         /* one thread per block (the pool is busy with the blocks: a nested call is serial) */
+        qc_rt_add_params add;               /* the other addend's rows of this block */
+        if (j->add != NULL) {
+            add = *j->add;
+            add.r += r0 * add.ldr;
+        }
         err = qc_rt_gemm_cols(j->isa, rows, j->n, j->k, col, j->ldk, j->ldk, j->w, j->w_bytes, j->nr, j->kr,
-                              j->elem, j->bias, j->rq, j->c + r0 * j->ldc, j->ldc, 1);
+                              j->elem, j->bias, j->rq, j->c + r0 * j->ldc, j->ldc, j->add ? &add : NULL, 1);
     }
     if (err != 0) {
         int expected = 0;
@@ -101,8 +123,8 @@ static void qc_conv_block(const void *ctx, int64_t chunk, int slot)
 
 int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg, uint8_t pad,
                     int64_t n, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
-                    const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int64_t block_bytes,
-                    int threads)
+                    const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, const qc_rt_add_params *add,
+                    int64_t block_bytes, int threads)
 {
     if (x == NULL || g == NULL || w == NULL || bias == NULL || rq == NULL || c == NULL) return QC_ERR_NULL;
     const int64_t m = g->n * g->oh * g->ow, k = (int64_t)g->kh * g->kw * cg;
@@ -114,7 +136,7 @@ int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c
     const int64_t even = ((m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt) + 31) / 32 * 32;  /* >= 4 blocks a thread */
     if (mb > even) mb = even;
     if (mb < 32) mb = 32;
-    qc_conv_job job = {isa, x, g, c0, cg, pad, m, n, k, ldk, mb, w, w_bytes, nr, kr, elem, bias, rq, c, ldc, 0};
+    qc_conv_job job = {isa, x, g, c0, cg, pad, m, n, k, ldk, mb, w, w_bytes, nr, kr, elem, bias, rq, c, ldc, add, 0};
     const int64_t blocks = (m + mb - 1) / mb;
     qc_parallel_for(qc_conv_block, &job, blocks, nt);
     return atomic_load(&job.err);
@@ -184,8 +206,8 @@ static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
 
 int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_t pad, uint8_t *xp,
                        int64_t n, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
-                       const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int64_t block_bytes,
-                       int threads)
+                       const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, const qc_rt_add_params *add,
+                       int64_t block_bytes, int threads)
 {
     if (x == NULL || g == NULL || xp == NULL || w == NULL || bias == NULL || rq == NULL || c == NULL)
         return QC_ERR_NULL;
@@ -220,6 +242,11 @@ int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_
     p->zero_point = rq->zp; p->qmin = rq->qmin; p->qmax = rq->qmax;
     p->out_type = QC_OUT_U8;
     p->c = c; p->ldc = ldc;
+    qc_post_add post;                    /* rows are absolute output rows (the row map) */
+    if (add != NULL) {
+        qc_post_add_from(&post, add);
+        p->post_add = &post;
+    }
     job.koff = koff;
     job.a_bytes = g->n * hp * wp * g->c;
     job.plane = hp * wp; job.wp = wp; job.oh = g->oh; job.ow = g->ow;

@@ -1,6 +1,8 @@
 /* The x86 model's call into the int8 GEMM (kernels/gemm_common.h ABI): C = requant(A * W^T + bias).
  * A is uint8 [m, k] (row stride lda), W packed for `isa` (qcompiler.backends.x86.gemm.pack_weights),
- * output uint8 [m, n] (row stride ldc) with the requantization `rq` (arrays of n_pad entries). */
+ * output uint8 [m, n] (row stride ldc) with the requantization `rq` (arrays of n_pad entries);
+ * `add` (NULL: none) fuses a residual add into the epilogue (AVX-512 VNNI / AMX kernels), its
+ * other addend indexed by output row like C. */
 #ifndef QC_X86_GEMM_CALL_H
 #define QC_X86_GEMM_CALL_H
 
@@ -8,7 +10,8 @@
 
 QC_RT_EXPORT int qc_rt_gemm(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
                             const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
-                            const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, int threads);
+                            const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, const qc_rt_add_params *add,
+                            int threads);
 
 /* QConv by blocks of output rows: per thread, im2col of a block of rows [n*oh*ow] (channels
  * [c0, c0 + cg) of the NHWC input x, padded with `pad`) into a buffer of about block_bytes
@@ -18,7 +21,7 @@ QC_RT_EXPORT int qc_rt_gemm(int32_t isa, int64_t m, int64_t n, int64_t k, const 
 QC_RT_EXPORT int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg,
                                  uint8_t pad, int64_t n, const void *w, int64_t w_bytes, int32_t nr, int32_t kr,
                                  int32_t elem, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
-                                 int64_t block_bytes, int threads);
+                                 const qc_rt_add_params *add, int64_t block_bytes, int threads);
 
 /* QConv with stride 1 and channels a multiple of 64, on AMX without im2col: x (NHWC) is
  * copied into xp with a border of `pad` (xp: n * (oh + kh - 1) * (ow + kw - 1) * c bytes), and
@@ -28,7 +31,7 @@ QC_RT_EXPORT int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window 
 QC_RT_EXPORT int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_t pad, uint8_t *xp,
                                     int64_t n, const void *w, int64_t w_bytes, int32_t nr, int32_t kr,
                                     int32_t elem, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
-                                    int64_t block_bytes, int threads);
+                                    const qc_rt_add_params *add, int64_t block_bytes, int threads);
 
 /* text of a GEMM error code */
 QC_RT_EXPORT const char *qc_rt_gemm_strerror(int err);
