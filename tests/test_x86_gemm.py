@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qcompiler.backends import toolchain
-from qcompiler.core.integer_ops import QLinear, Requant, real_multiplier
+from qcompiler.core.integer_ops import QAdd, QLinear, Requant, real_multiplier
 from qcompiler.core.meta import FusedActivation
 from qcompiler.core.qtypes import INT8, INT8_NARROW, UINT8, QParams
 from qcompiler.core.quantize import (dequantize, fixed_point_multiplier, requantize_fixed_point,
@@ -378,6 +378,45 @@ def test_shifted_views_are_a_convolution(isa, kh, kw, ph, pw):
     assert call(offsets=bad) == 3                                  # the last block would read past xp
     assert call(a_bytes=xp.numel() - 1) == 3
     assert call(wpad=ow - 1) == 2 and call(base=-1) == 2
+
+
+class _PostAdd(ctypes.Structure):
+    """``qc_post_add`` (gemm_common.h)."""
+    _fields_ = [("r", ctypes.c_void_p), ("ldr", ctypes.c_int64), ("mode", ctypes.c_int32),
+                ("za", ctypes.c_int32), ("zb", ctypes.c_int32), ("zo", ctypes.c_int32), ("qmin", ctypes.c_int32),
+                ("qmax", ctypes.c_int32), ("shift", ctypes.c_int32), ("ma", ctypes.c_float), ("mb", ctypes.c_float),
+                ("m0a", ctypes.c_int64), ("m0b", ctypes.c_int64)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+def test_fused_residual_add_is_qadd(isa, mode):
+    """The epilogue's fused residual add equals QAdd on the GEMM's requantized output and r
+    (AVX-512 VNNI and AMX, native and emulated); the other kernels refuse it."""
+    gen = _gen(3)
+    m, k, n = 37, 150, 70
+    a = _randint(0, 255, (m, k), torch.uint8, gen)
+    w = _randint(-128, 127, (n, k), torch.int8, gen)
+    r = _randint(0, 255, (m, n), torch.uint8, gen)
+    packed = g.pack_weights(w, None, 11, isa)
+    real = torch.full((n,), 2e-4, dtype=torch.float64)
+    m0, shift = fixed_point_multiplier(real)
+    rq = g.make_requant(packed, mode, multiplier=real.to(torch.float32), m0=m0, shift=shift, zero_point=100)
+    add = QAdd(QParams(0.1, 100, UINT8), QParams(0.05, 120, UINT8), QParams(0.12, 90, UINT8), mode)
+    out = torch.empty((m, n), dtype=torch.uint8)
+    args = g._build_args(isa, a, packed, rq, out, None, 2)
+    post = _PostAdd(r.data_ptr(), n, 1 if mode == "fp32" else 2, 100, 120, 90, add.qmin, add.qmax, add.shift,
+                    float(add.multipliers[0]), float(add.multipliers[1]), int(add.m0[0]), int(add.m0[1]))
+    args.post_add = ctypes.cast(ctypes.pointer(post), ctypes.c_void_p)
+    entry = LIB.entries["qc_gemm"]
+    if not isa.startswith(("avx512vnni", "amx")):
+        assert entry(ctypes.byref(args)) == 6
+        return
+    assert entry(ctypes.byref(args)) == 0
+    own = g.gemm(a, packed, rq, isa=isa, threads=2)
+    assert torch.equal(out, add(own, r))
+    post.ldr = n - 1
+    assert entry(ctypes.byref(args)) == 3
 
 
 _small_lib = {}
