@@ -119,56 +119,23 @@ typedef struct {
     const uint8_t *panel;      /* packed W panel */
     uint8_t *wtail;            /* the last, partial K block of the panel, zero-padded: 16 x NR x 4 */
     uint8_t *atail;            /* the last, partial K block of 32 A rows, zero-padded: 32 x 64 */
+    int32_t *cbuf;             /* 32 x 32 int32 */
     int64_t j;                 /* panel index */
     int64_t kfull;             /* full 64-k blocks */
     int ktail;                 /* k in the partial block (0: none) */
 } QC_FN(ctx);
 
-/* the epilogue of a finished 32 x 32 block, deferred: the next block's pass runs it a few rows
- * per 64-k step, so the vector units requantize while the AMX unit multiplies (run after its
- * own block's tile work, it cost about as much time again at K = 192..576) */
-typedef struct {
-    const int32_t *cb;         /* the block's int32 sums, 32 x 32 (NULL: nothing pending) */
-    int64_t row0, n0;
-    int mr, next;              /* rows of the block, the next one to write */
-} QC_FN(pending);
-
-static inline __attribute__((always_inline)) void
-QC_FN(drain)(const qc_task *t, const qc_epi16 *e, QC_FN(pending) *p, int until)
-{
-    if (p->cb == NULL) return;
-    const int end = until < p->mr ? until : p->mr;
-    const int64_t n0 = p->n0, nvalid = t->n - n0;
-    const __m512i b0 = _mm512_loadu_si512((const void *)(t->bias + n0));
-    const __m512i b1 = _mm512_loadu_si512((const void *)(t->bias + n0 + 16));
-    for (int i = p->next; i < end; i++) {
-        const int64_t row = qc_map_row(t, p->row0 + i);
-        if (row < 0) continue;                      /* a padding row of a shifted view */
-        const __m512i acc0 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(p->cb + i * 32)), b0);
-        qc_store16(e, acc0, row, n0, nvalid >= 16 ? 16 : (int)nvalid);
-        if (nvalid > 16) {
-            const __m512i acc1 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(p->cb + i * 32 + 16)), b1);
-            qc_store16(e, acc1, row, n0 + 16, nvalid >= 32 ? 16 : (int)(nvalid - 16));
-        }
-    }
-    p->next = end;
-    if (end >= p->mr) p->cb = NULL;
-}
-
 /* 32 rows (two == 1) or up to 16 rows (two == 0) x 32 columns starting at n0, over the
  * full 64-k blocks kb0 .. kb1-1 (and the partial one when `last`); C starts at zero
- * (`first`) or from the int32 partial sums in `cs`, and ends in `cs` or (`last`) in `cb`,
- * pending its epilogue; meanwhile the previous block's pending epilogue is written */
+ * (`first`) or from the int32 partial sums in `cs`, and ends in `cs` or (`last`) in the
+ * epilogue */
 static inline __attribute__((always_inline)) void
 QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_t row0, int half,
-            int64_t kb0, int64_t kb1, int first, int last, int32_t *cs, int32_t *cb, const qc_epi16 *e,
-            QC_FN(pending) *pend QC_PASS_TILES)
+            int64_t kb0, int64_t kb1, int first, int last, int32_t *cs QC_PASS_TILES)
 {
     const qc_task *t = x->t;
     const int64_t lda = t->lda_bytes, n0 = x->j * NR + 32 * half;
     const uint8_t *w = x->panel + half * 32 * 4;
-    const int64_t steps = (kb1 - kb0) + (last && x->ktail ? 1 : 0);
-    const int per_step = pend->cb ? (int)((pend->mr + steps - 1) / (steps > 0 ? steps : 1)) : 0;
     if (first) {
         QC_TILE_ZERO(0);
         QC_TILE_ZERO(1);
@@ -194,7 +161,6 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
             QC_TILE_DPBUSD(2, 5, 6);
             QC_TILE_DPBUSD(3, 5, 7);
         }
-        if (per_step) QC_FN(drain)(t, e, pend, pend->next + per_step);
     }
     if (last && x->ktail) {
         /* A's rows readable through the whole last block (t->a_cols): load them in place,
@@ -221,15 +187,29 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
             QC_TILE_DPBUSD(3, 5, 7);
         }
     }
-    QC_FN(drain)(t, e, pend, 32);                   /* whatever is left of the previous block */
-    int32_t *dst = last ? cb : cs;
-    QC_TILE_STORE(0, dst, 32 * 4);
-    QC_TILE_STORE(1, dst + 16, 32 * 4);
+    int32_t *cb = last ? x->cbuf : cs;
+    QC_TILE_STORE(0, cb, 32 * 4);
+    QC_TILE_STORE(1, cb + 16, 32 * 4);
     if (two) {
-        QC_TILE_STORE(2, dst + 16 * 32, 32 * 4);
-        QC_TILE_STORE(3, dst + 16 * 32 + 16, 32 * 4);
+        QC_TILE_STORE(2, cb + 16 * 32, 32 * 4);
+        QC_TILE_STORE(3, cb + 16 * 32 + 16, 32 * 4);
     }
-    if (last) *pend = (QC_FN(pending)){cb, row0, n0, mr, 0};
+    if (!last) return;
+    const int64_t nvalid = t->n - n0;
+    const __m512i b0 = _mm512_loadu_si512((const void *)(t->bias + n0));
+    const __m512i b1 = _mm512_loadu_si512((const void *)(t->bias + n0 + 16));
+    qc_epi16 e;
+    qc_epi16_prep(&e, t);
+    for (int i = 0; i < mr; i++) {
+        const int64_t row = qc_map_row(t, row0 + i);
+        if (row < 0) continue;                      /* a padding row of a shifted view */
+        const __m512i acc0 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32)), b0);
+        qc_store16(&e, acc0, row, n0, nvalid >= 16 ? 16 : (int)nvalid);
+        if (nvalid > 16) {
+            const __m512i acc1 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32 + 16)), b1);
+            qc_store16(&e, acc1, row, n0 + 16, nvalid >= 32 ? 16 : (int)(nvalid - 16));
+        }
+    }
 }
 
 static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
@@ -240,12 +220,8 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
     const int64_t ie = qc_min64(ib + t->tiles_per_block, mtiles);
     uint8_t wtail[16 * NR * 4] __attribute__((aligned(64)));
     uint8_t atail[32 * 64] __attribute__((aligned(64)));
-    int32_t cbuf[2][32 * 32] __attribute__((aligned(64)));   /* a finished block, pending; the next */
-    QC_FN(ctx) x = {t, t->b + j * (t->kgroups * NR * 4), wtail, atail, j, t->k / 64, (int)(t->k % 64)};
-    qc_epi16 e;
-    qc_epi16_prep(&e, t);
-    QC_FN(pending) pend = {NULL, 0, 0, 0, 0};
-    int nbuf = 0;
+    int32_t cbuf[32 * 32] __attribute__((aligned(64)));
+    QC_FN(ctx) x = {t, t->b + j * (t->kgroups * NR * 4), wtail, atail, cbuf, j, t->k / 64, (int)(t->k % 64)};
     if (x.ktail) {
         const int64_t g0 = x.kfull * 16, ng = t->kgroups - g0;   /* groups in the tail block */
         memcpy(wtail, x.panel + g0 * NR * 4, (size_t)(ng * NR * 4));
@@ -277,16 +253,11 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
             for (int half = 0; half < NR / 32; half++) {
                 if (j * NR + 32 * half >= t->n) break;
                 int32_t *cs = scr ? scr + ((it - ib) * (NR / 32) + half) * 32 * 32 : NULL;
-                int32_t *cb = cbuf[nbuf];
-                nbuf ^= last;
-                if (mr > 16)
-                    QC_FN(pass)(&x, 1, a, mr, row0, half, kb0, kb1, first, last, cs, cb, &e, &pend QC_PASS_TILES_ARG);
-                else
-                    QC_FN(pass)(&x, 0, a, mr, row0, half, kb0, kb1, first, last, cs, cb, &e, &pend QC_PASS_TILES_ARG);
+                if (mr > 16) QC_FN(pass)(&x, 1, a, mr, row0, half, kb0, kb1, first, last, cs QC_PASS_TILES_ARG);
+                else QC_FN(pass)(&x, 0, a, mr, row0, half, kb0, kb1, first, last, cs QC_PASS_TILES_ARG);
             }
         }
     }
-    QC_FN(drain)(t, &e, &pend, 32);                 /* the chunk's last block */
     QC_TILE_RELEASE();
 }
 
