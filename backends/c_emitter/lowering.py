@@ -200,11 +200,11 @@ class Lowering:
                 or isinstance(conv.padding, str):
             return False
         n, c, h, w = shape
-        s = _space_to_depth_stride(conv, c)
-        oh, ow = self.shape_of(users[0])[2:]
-        kh, kw = conv.weight.shape[2:]
-        h2, w2 = oh - 1 + -(-kh // s) if s else 0, ow - 1 + -(-kw // s) if s else 0
-        if not s or c > 4 or w > 4096 or w2 * s * s * c > 16384:
+        plan = _space_to_depth_plan(conv, c, self.shape_of(users[0]))
+        if plan is None:
+            return False
+        s, _, _, h2, w2 = plan
+        if c > 4 or w > 4096 or w2 * s * s * c > 16384:     # qc_rt_quantize_s2d's row buffers
             return False
         (ph, pw) = _pair(conv.padding)
         qp = mod.qparams
@@ -311,14 +311,14 @@ class Lowering:
             self.values[node] = out
             return
         weight, lines, reads, note = mod.weight, [], [x], ""
-        s = _space_to_depth_stride(mod, cin)
-        if s:
+        plan = _space_to_depth_plan(mod, cin, shape)
+        if plan:
             # a thin strided input (an RGB stem): space-to-depth first, so the conv becomes
             # stride 1 over s*s*cin channels (ResNet's 7x7 s2: 4x4 taps of 12 bytes, K = 192 =
             # three 64-deep AMX blocks; im2col copies 4 rows of 48 bytes instead of 7 of 21);
             # done by the input's quantize step when this conv is its one consumer
-            kqh, kqw = -(-kh // s), -(-kw // s)
-            h, w, cin = oh - 1 + kqh, ow - 1 + kqw, s * s * cin
+            s, kqh, kqw, h, w = plan
+            cin = s * s * cin
             if x.space_to_depth:
                 x2 = x.buffer
             else:
@@ -566,16 +566,18 @@ class Lowering:
         self.values[node] = QTensor(shape, layout, x.zp, x.signed, x.qparams, x.buffer)
 
 
-def _space_to_depth_stride(mod: QConv, cin: int) -> int:
-    """The stride s of a thin strided convolution that runs as stride 1 over s*s*cin channels
-    after space-to-depth (an RGB stem), else 0."""
+def _space_to_depth_plan(mod: QConv, cin: int, out_shape: tuple):
+    """(s, kernel rows, kernel columns, h, w of the space-to-depth image) of a thin strided
+    convolution that runs as stride 1 over s*s*cin channels after space-to-depth (an RGB
+    stem), else None."""
     (sh, sw), (dh, dw) = _pair(mod.stride), _pair(mod.dilation)
     o, cg, kh, kw = mod.weight.shape
     depthwise = cg == 1 and o // mod.groups == 1        # lowered by qc_rt_depthwise instead
-    if mod.groups == 1 and not depthwise and sh == sw > 1 and (dh, dw) == (1, 1) and kh > sh and kw > sw \
-            and cin * sh * sw <= SPACE_TO_DEPTH_MAX_CHANNELS:
-        return sh
-    return 0
+    if not (mod.groups == 1 and not depthwise and sh == sw > 1 and (dh, dw) == (1, 1) and kh > sh and kw > sw
+            and cin * sh * sw <= SPACE_TO_DEPTH_MAX_CHANNELS):
+        return None
+    kqh, kqw = -(-kh // sh), -(-kw // sh)
+    return sh, kqh, kqw, out_shape[2] - 1 + kqh, out_shape[3] - 1 + kqw
 
 
 def _pair(v) -> tuple:

@@ -274,6 +274,17 @@ static void qc_im2col_row_taps(const uint8_t *x, uint8_t *row, const qc_window *
     }
 }
 
+/* output columns [*lo, *hi) of a window op whose window lies inside the input horizontally */
+static void qc_inside_columns(const qc_window *g, int64_t *lo, int64_t *hi)
+{
+    int64_t l = g->pw > 0 ? (g->pw + g->sw - 1) / g->sw : 0;
+    int64_t h = g->w - 1 - (int64_t)(g->kw - 1) * g->dw + g->pw;
+    h = h < 0 ? 0 : h / g->sw + 1;
+    if (h > g->ow) h = g->ow;
+    *lo = l > h ? h : l;
+    *hi = h;
+}
+
 /* rows [r0, r0 + count) of the im2col matrix (row r = (b * oh + oy) * ow + ox; columns
  * (ky, kx, channel) of channels [c0, c0 + cg)), row stride ldcol; columns past
  * kh * kw * cg are not written (but see `wide`) */
@@ -288,12 +299,8 @@ void qc_rt_im2col_rows(const uint8_t *x, uint8_t *col, int64_t ldcol, const qc_w
      * later) and the last one's lands in the row's K pad, when ldcol leaves room for it */
     const int wide = whole_rows && seg <= 32 && (g->kh - 1) * seg + 32 <= ldcol;
     const uint8_t *const x_end = x + g->n * g->h * g->w * g->c;
-    /* output columns whose window lies inside the input horizontally: [ox_lo, ox_hi) */
-    int64_t ox_lo = g->pw > 0 ? (g->pw + g->sw - 1) / g->sw : 0;
-    int64_t ox_hi = g->w - 1 - (int64_t)(g->kw - 1) * g->dw + g->pw;
-    ox_hi = ox_hi < 0 ? 0 : ox_hi / g->sw + 1;
-    if (ox_hi > g->ow) ox_hi = g->ow;
-    if (ox_lo > ox_hi) ox_lo = ox_hi;
+    int64_t ox_lo, ox_hi;
+    qc_inside_columns(g, &ox_lo, &ox_hi);
     int64_t r = r0;
     while (r < r0 + count) {
         /* the part of one output row (b, oy) in the range: columns [ox0, ox1) */
@@ -649,12 +656,8 @@ void qc_rt_depthwise(const uint8_t *x, uint8_t *y, const qc_window *g, int32_t z
             for (int t = 0; t < 9; t++) v -= (uint32_t)(zx * wc[t * QC_DW_BLOCK]);
             bias3[ch] = (int32_t)v;
         }
-    /* output columns whose whole window row lies inside the input */
-    int64_t ox_lo = g->pw > 0 ? (g->pw + g->sw - 1) / g->sw : 0;
-    int64_t ox_hi = g->w - 1 - (int64_t)(g->kw - 1) * g->dw + g->pw;
-    ox_hi = ox_hi < 0 ? 0 : ox_hi / g->sw + 1;
-    if (ox_hi > g->ow) ox_hi = g->ow;
-    if (ox_lo > ox_hi) ox_lo = ox_hi;
+    int64_t ox_lo, ox_hi;
+    qc_inside_columns(g, &ox_lo, &ox_hi);
     const qc_depthwise_job job = {x, y, g, zx, w, bias, bias3, rq, ox_lo, ox_hi};
     const int64_t rows = g->n * g->oh;
     QC_RT_PARALLEL_FOR(qc_depthwise_row, &job, rows,

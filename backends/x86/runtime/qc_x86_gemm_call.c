@@ -1,5 +1,6 @@
 /* Fills qc_gemm_args for one layer and calls the kernel of the ISA the weights were packed for;
- * and the blocked convolution (im2col of a block of rows, then its GEMM, per thread). */
+ * the blocked convolution (im2col of a block of rows, then its GEMM, per thread); the AMX
+ * convolution on shifted views of the padded input. */
 #include "qc_x86_gemm_call.h"
 
 #include <pthread.h>
@@ -14,31 +15,42 @@ static void qc_post_add_from(qc_post_add *p, const qc_rt_add_params *a)
     p->ma = a->ma; p->mb = a->mb; p->m0a = a->m0a; p->m0b = a->m0b;
 }
 
+/* the GEMM arguments of one layer (uint8 output: int8 tensors are stored shifted, qc_runtime.h);
+ * post: storage for the fused add's GEMM form, used when add != NULL */
+static void qc_layer_args(qc_gemm_args *p, int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a,
+                          int64_t lda, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
+                          const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, const qc_rt_add_params *add,
+                          qc_post_add *post, int threads)
+{
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->isa = isa;
+    p->m = m; p->n = n; p->k = k;
+    p->a = a; p->lda = lda;
+    p->b = w; p->b_bytes = w_bytes;
+    p->b_nr = nr; p->b_kr = kr; p->b_elem = elem;
+    p->requant_mode = rq->mode == QC_RQ_FP32 ? QC_REQUANT_FP32 : QC_REQUANT_FIXED_POINT;
+    p->bias = bias;
+    p->mult = rq->mult; p->m0 = rq->m0; p->shift = rq->shift;
+    p->zero_point = rq->zp; p->qmin = rq->qmin; p->qmax = rq->qmax;
+    p->out_type = QC_OUT_U8;
+    p->c = c; p->ldc = ldc;
+    if (add != NULL) {
+        qc_post_add_from(post, add);
+        p->post_add = post;
+    }
+    p->threads = threads > 0 ? threads : 0;
+}
+
 static int qc_rt_gemm_cols(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
                            int64_t a_cols, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
                            const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, const qc_rt_add_params *add,
                            int threads)
 {
     qc_gemm_args p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
-    p.isa = isa;
-    p.m = m; p.n = n; p.k = k;
-    p.a = a; p.lda = lda; p.a_cols = a_cols;
-    p.b = w; p.b_bytes = w_bytes;
-    p.b_nr = nr; p.b_kr = kr; p.b_elem = elem;
-    p.requant_mode = rq->mode == QC_RQ_FP32 ? QC_REQUANT_FP32 : QC_REQUANT_FIXED_POINT;
-    p.bias = bias;
-    p.mult = rq->mult; p.m0 = rq->m0; p.shift = rq->shift;
-    p.zero_point = rq->zp; p.qmin = rq->qmin; p.qmax = rq->qmax;
-    p.out_type = QC_OUT_U8;      /* int8 tensors are stored shifted to uint8 (qc_runtime.h) */
-    p.c = c; p.ldc = ldc;
     qc_post_add post;
-    if (add != NULL) {
-        qc_post_add_from(&post, add);
-        p.post_add = &post;
-    }
-    p.threads = threads > 0 ? threads : 0;
+    qc_layer_args(&p, isa, m, n, k, a, lda, w, w_bytes, nr, kr, elem, bias, rq, c, ldc, add, &post, threads);
+    p.a_cols = a_cols;
     return qc_gemm(&p);
 }
 
@@ -219,34 +231,24 @@ int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_
     const int64_t cblocks = g->c / 64, kblocks = (int64_t)g->kh * g->kw * cblocks;
     if (kblocks <= 0 || kblocks > QC_SHIFTED_MAX_KBLOCKS) return QC_ERR_SIZE;
     const int nt = threads > 0 ? threads : qc_cpu_count();
-    const qc_pad_job pj = {x, xp, g, hp, wp, pad};
-    qc_parallel_for(qc_pad_row, &pj, g->n * hp, g->n * hp * wp * g->c >= 32768 ? nt : 1);
+    if (hp == g->h && wp == g->w) {
+        xp = (uint8_t *)x;               /* no padding: the input is its own padded image */
+    } else {
+        const qc_pad_job pj = {x, xp, g, hp, wp, pad};
+        qc_parallel_for(qc_pad_row, &pj, g->n * hp, g->n * hp * wp * g->c >= 32768 ? nt : 1);
+    }
     qc_shifted_job job;
     memset(&job, 0, sizeof job);
     int64_t koff[QC_SHIFTED_MAX_KBLOCKS];
     for (int64_t ky = 0, kb = 0; ky < g->kh; ky++)
         for (int64_t kx = 0; kx < g->kw; kx++)
             for (int64_t cb = 0; cb < cblocks; cb++, kb++) koff[kb] = (ky * wp + kx) * g->c + cb * 64;
+    /* rows over the padded images up to the last valid output pixel: no read leaves xp; the
+     * fused add's rows are absolute output rows (the row map) */
+    qc_post_add post;
+    qc_layer_args(&job.p, isa, (g->n - 1) * hp * wp + (g->oh - 1) * wp + g->ow, n, kblocks * 64, xp, g->c, w,
+                  w_bytes, nr, kr, elem, bias, rq, c, ldc, add, &post, nt);
     qc_gemm_args *p = &job.p;
-    p->struct_size = sizeof *p;
-    p->isa = isa;
-    /* rows over the padded images up to the last valid output pixel: no read leaves xp */
-    p->m = (g->n - 1) * hp * wp + (g->oh - 1) * wp + g->ow;
-    p->n = n; p->k = kblocks * 64;
-    p->a = xp; p->lda = g->c;
-    p->b = w; p->b_bytes = w_bytes;
-    p->b_nr = nr; p->b_kr = kr; p->b_elem = elem;
-    p->requant_mode = rq->mode == QC_RQ_FP32 ? QC_REQUANT_FP32 : QC_REQUANT_FIXED_POINT;
-    p->bias = bias;
-    p->mult = rq->mult; p->m0 = rq->m0; p->shift = rq->shift;
-    p->zero_point = rq->zp; p->qmin = rq->qmin; p->qmax = rq->qmax;
-    p->out_type = QC_OUT_U8;
-    p->c = c; p->ldc = ldc;
-    qc_post_add post;                    /* rows are absolute output rows (the row map) */
-    if (add != NULL) {
-        qc_post_add_from(&post, add);
-        p->post_add = &post;
-    }
     job.koff = koff;
     job.a_bytes = g->n * hp * wp * g->c;
     job.plane = hp * wp; job.wp = wp; job.oh = g->oh; job.ow = g->ow;
