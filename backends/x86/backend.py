@@ -52,8 +52,9 @@ CONV_BLOCKED_MIN_BYTES = 256 << 10
 CONV_BLOCKED_ROWS_PER_COLUMN = 4
 CONV_BLOCK_BYTES = 256 << 10
 #: shifted-view convolutions compute the padded image's border rows too: at most this share more
-#: (measured: 7-9 % faster than blocked im2col at 56x56 (7 % more rows), 2-13 % slower at 28x28 (15 %))
-SHIFTED_MAX_PADDING = 1.1
+#: (3x3, batch 8, against blocked im2col: 1.4x faster at 56x56 (7 % more rows), 1.2x at 28x28
+#: (15 %), even at 14x14 (31 %), 0.8x at 7x7 (65 %))
+SHIFTED_MAX_PADDING = 1.2
 
 
 def choose_isa(features: Optional[frozenset] = None) -> str:
@@ -118,11 +119,10 @@ class X86Gemm(GemmLowering):
         nb, h, w, cin, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw = window
         if (self.isa == "amx" and groups == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and cg % 64 == 0
                 and kh * kw > 1 and (oh + kh - 1) * (ow + kw - 1) <= SHIFTED_MAX_PADDING * oh * ow):
-            xp = em.scratch(nb * (oh + kh - 1) * (ow + kw - 1) * cin)
-            return ([f"rc = qc_rt_conv_shifted({self.isa_id}, {x}, {geom}, {pad}, QC_BUF({xp.ident}), {n}, "
+            return ([f"rc = qc_rt_conv_shifted({self.isa_id}, {x}, {geom}, {pad}, {n}, "
                      f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {add or 'NULL'}, "
                      f"{CONV_BLOCK_BYTES}, threads);",
-                     "if (rc) return rc;"], "AMX on shifted views of the padded input", [xp])
+                     "if (rc) return rc;"], "AMX on shifted views of the padded input", [])
         if m * k < CONV_BLOCKED_MIN_BYTES or m < CONV_BLOCKED_ROWS_PER_COLUMN * n:
             return None
         isa_id = self.isa_id if (self.isa == "amx" and k >= 64) else self.call_isa_id(n, k)

@@ -120,6 +120,7 @@ typedef struct {
     uint8_t *wtail;            /* the last, partial K block of the panel, zero-padded: 16 x NR x 4 */
     uint8_t *atail;            /* the last, partial K block of 32 A rows, zero-padded: 32 x 64 */
     int32_t *cbuf;             /* 32 x 32 int32 */
+    int64_t *rows;             /* the output rows of the current 32-row tile (-1: none) */
     int64_t j;                 /* panel index */
     int64_t kfull;             /* full 64-k blocks */
     int ktail;                 /* k in the partial block (0: none) */
@@ -195,13 +196,14 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
         QC_TILE_STORE(3, cb + 16 * 32 + 16, 32 * 4);
     }
     if (!last) return;
+    if (getenv("QC_NOEPI")) return;
     const int64_t nvalid = t->n - n0;
     const __m512i b0 = _mm512_loadu_si512((const void *)(t->bias + n0));
     const __m512i b1 = _mm512_loadu_si512((const void *)(t->bias + n0 + 16));
     qc_epi16 e;
     qc_epi16_prep(&e, t);
     for (int i = 0; i < mr; i++) {
-        const int64_t row = qc_map_row(t, row0 + i);
+        const int64_t row = x->rows[i];
         if (row < 0) continue;                      /* a padding row of a shifted view */
         const __m512i acc0 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32)), b0);
         qc_store16(&e, acc0, row, n0, nvalid >= 16 ? 16 : (int)nvalid);
@@ -221,7 +223,8 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
     uint8_t wtail[16 * NR * 4] __attribute__((aligned(64)));
     uint8_t atail[32 * 64] __attribute__((aligned(64)));
     int32_t cbuf[32 * 32] __attribute__((aligned(64)));
-    QC_FN(ctx) x = {t, t->b + j * (t->kgroups * NR * 4), wtail, atail, cbuf, j, t->k / 64, (int)(t->k % 64)};
+    int64_t rows[32];
+    QC_FN(ctx) x = {t, t->b + j * (t->kgroups * NR * 4), wtail, atail, cbuf, rows, j, t->k / 64, (int)(t->k % 64)};
     if (x.ktail) {
         const int64_t g0 = x.kfull * 16, ng = t->kgroups - g0;   /* groups in the tail block */
         memcpy(wtail, x.panel + g0 * NR * 4, (size_t)(ng * NR * 4));
@@ -250,6 +253,7 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
                 cfg_mr = mr;
             }
             const uint8_t *a = t->a + row0 * t->lda_bytes;
+            if (last) qc_map_rows(t, row0, mr, rows);
             for (int half = 0; half < NR / 32; half++) {
                 if (j * NR + 32 * half >= t->n) break;
                 int32_t *cs = scr ? scr + ((it - ib) * (NR / 32) + half) * 32 * 32 : NULL;
@@ -313,7 +317,7 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
 
 /* The GEMM over shifted views of one buffer: A's 64-k block kb of row r is the 64 bytes at
  * a + koff[kb] + r * lda (a_bytes readable from a), K a multiple of 64; output row r goes
- * to row map(base + r) of C (qc_map_row: plane / wp / oh / ow) or nowhere. A stride-1 convolution
+ * to row map(base + r) of C (qc_map_rows: plane / wp / oh / ow) or nowhere. A stride-1 convolution
  * over a padded NHWC image is this with lda = channels and koff = (ky * wp + kx) * channels +
  * 64 c: no im2col. Every offset is checked against a_bytes before any load. */
 QC_EXPORT int QC_FN(qc_gemm_shifted)(const qc_gemm_args *p, const int64_t *koff, int64_t a_bytes,

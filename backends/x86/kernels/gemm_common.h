@@ -133,14 +133,24 @@ typedef struct qc_task {
     int64_t map_base, map_plane, map_wp, map_oh, map_ow;   /* map_wp 0: the identity */
 } qc_task;
 
-/* the output row of GEMM row r under the task's row map (-1: a padding row, not stored):
- * base + r = image * plane + y * wp + x over a padded image, valid where y < oh and x < ow */
-static inline int64_t qc_map_row(const qc_task *t, int64_t r)
+/* the output rows of GEMM rows r0 .. r0+n-1 under the task's row map into out (-1: a padding
+ * row, not stored): base + r = image * plane + y * wp + x over a padded image, valid where
+ * y < oh and x < ow. One division, then steps (a tile's rows serve every column panel). */
+static inline void qc_map_rows(const qc_task *t, int64_t r0, int n, int64_t *out)
 {
-    if (t->map_wp == 0) return r;
-    r += t->map_base;
-    const int64_t img = r / t->map_plane, rem = r % t->map_plane, y = rem / t->map_wp, x = rem % t->map_wp;
-    return (y < t->map_oh && x < t->map_ow) ? (img * t->map_oh + y) * t->map_ow + x : -1;
+    if (t->map_wp == 0) {
+        for (int i = 0; i < n; i++) out[i] = r0 + i;
+        return;
+    }
+    const int64_t r = r0 + t->map_base, rem = r % t->map_plane;
+    int64_t img = r / t->map_plane, y = rem / t->map_wp, x = rem % t->map_wp;
+    for (int i = 0; i < n; i++) {
+        out[i] = (y < t->map_oh && x < t->map_ow) ? (img * t->map_oh + y) * t->map_ow + x : -1;
+        if (++x == t->map_wp) {
+            x = 0;
+            if (++y * t->map_wp == t->map_plane) { y = 0; img++; }
+        }
+    }
 }
 
 /* threads for a call: the caller's count, or every CPU this process may use */

@@ -158,29 +158,31 @@ int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c
 /* convolution without im2col (AMX): shifted views of the padded input                  */
 /* ---------------------------------------------------------------------------------- */
 
-typedef struct {
-    const uint8_t *x;
-    uint8_t *xp;
-    const qc_window *g;
-    int64_t hp, wp;
-    uint8_t pad;
-} qc_pad_job;
-
-/* row (b, yp) of the padded image: the border filled with `pad`, the rest copied */
-static void qc_pad_row(const void *ctx, int64_t chunk, int slot)
+/* positions [p0, p0 + count) of the zero-point-padded image (hp x wp per image, the input at
+ * (ph, pw)) into dst: the border filled with `pad`, the rest copied from the input x */
+static void qc_pad_span(const uint8_t *x, const qc_window *g, int64_t hp, int64_t wp, uint8_t pad, int64_t p0,
+                        int64_t count, uint8_t *dst)
 {
-    const qc_pad_job *j = (const qc_pad_job *)ctx;
-    const qc_window *g = j->g;
-    const int64_t b = chunk / j->hp, yp = chunk % j->hp, y = yp - g->ph, c = g->c;
-    uint8_t *dst = j->xp + chunk * j->wp * c;
-    (void)slot;
-    if (y < 0 || y >= g->h) {
-        memset(dst, j->pad, (size_t)(j->wp * c));
-        return;
+    const int64_t c = g->c;
+    for (int64_t p = p0, end = p0 + count; p < end;) {
+        const int64_t row = p / wp, xq = p % wp, run = wp - xq < end - p ? wp - xq : end - p;
+        const int64_t b = row / hp, y = row % hp - g->ph;
+        uint8_t *d = dst + (p - p0) * c;
+        if (y < 0 || y >= g->h) {
+            memset(d, pad, (size_t)(run * c));
+        } else {
+            /* padded columns [xq, xq + run): input columns [lo, hi) of them, pad around */
+            const int64_t lo = xq > g->pw ? xq : g->pw, hi = xq + run < g->pw + g->w ? xq + run : g->pw + g->w;
+            if (hi <= lo) {
+                memset(d, pad, (size_t)(run * c));
+            } else {
+                memset(d, pad, (size_t)((lo - xq) * c));
+                memcpy(d + (lo - xq) * c, x + ((b * g->h + y) * g->w + lo - g->pw) * c, (size_t)((hi - lo) * c));
+                memset(d + (hi - xq) * c, pad, (size_t)((xq + run - hi) * c));
+            }
+        }
+        p += run;
     }
-    memset(dst, j->pad, (size_t)(g->pw * c));
-    memcpy(dst + g->pw * c, j->x + (b * g->h + y) * g->w * c, (size_t)(g->w * c));
-    memset(dst + (g->pw + g->w) * c, j->pad, (size_t)((j->wp - g->w - g->pw) * c));
 }
 
 #define QC_SHIFTED_MAX_KBLOCKS 4096
@@ -188,11 +190,16 @@ static void qc_pad_row(const void *ctx, int64_t chunk, int slot)
 typedef struct {
     qc_gemm_args p;                 /* the whole GEMM; blocks take rows [r0, r0 + mb) of it */
     const int64_t *koff;
-    int64_t a_bytes, mb, plane, wp, oh, ow;
+    const uint8_t *x;               /* the input, when blocks pad their slab themselves */
+    const qc_window *g;
+    uint8_t pad;
+    int64_t reach;                  /* padded positions a row's taps read past the row */
+    int64_t a_bytes, mb, hp, plane, wp, oh, ow;
     _Atomic int err;
 } qc_shifted_job;
 
-/* one block of rows on one thread: its input slab stays in cache over the taps */
+/* one block of rows on one thread: its slab of the padded input (its rows and the taps'
+ * reach below) is built in the thread's buffer, where it stays in cache over the taps */
 static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
 {
     qc_shifted_job *j = (qc_shifted_job *)ctx;
@@ -201,13 +208,27 @@ static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
     const int64_t r0 = chunk * j->mb;
     qc_gemm_args p = j->p;
     p.m = j->p.m - r0 < j->mb ? j->p.m - r0 : j->mb;
-    p.a = j->p.a + r0 * j->p.lda;
     p.threads = 1;
+    int64_t a_bytes = j->a_bytes - r0 * j->p.lda;
+    if (j->x != NULL) {
+        const int64_t span = p.m + j->reach;
+        uint8_t *slab = qc_conv_scratch((size_t)(span * j->p.lda));
+        if (slab == NULL) {
+            int expected = 0;
+            atomic_compare_exchange_strong(&j->err, &expected, QC_ERR_NOMEM);
+            return;
+        }
+        qc_pad_span(j->x, j->g, j->hp, j->wp, j->pad, r0, span, slab);
+        p.a = slab;
+        a_bytes = span * j->p.lda;
+    } else {
+        p.a = j->p.a + r0 * j->p.lda;
+    }
     const int err = p.isa == QC_ISA_AMX
-        ? qc_gemm_shifted_amx(&p, j->koff, j->a_bytes - r0 * j->p.lda, r0, j->plane, j->wp, j->oh, j->ow)
+        ? qc_gemm_shifted_amx(&p, j->koff, a_bytes, r0, j->plane, j->wp, j->oh, j->ow)
 #ifndef QC_NO_EMULATION
         : p.isa == QC_ISA_AMX_EMU
-        ? qc_gemm_shifted_amx_emu(&p, j->koff, j->a_bytes - r0 * j->p.lda, r0, j->plane, j->wp, j->oh, j->ow)
+        ? qc_gemm_shifted_amx_emu(&p, j->koff, a_bytes, r0, j->plane, j->wp, j->oh, j->ow)
 #endif
         : QC_ERR_ISA;
     if (err != 0) {
@@ -216,12 +237,11 @@ static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
     }
 }
 
-int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_t pad, uint8_t *xp,
-                       int64_t n, const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
-                       const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc, const qc_rt_add_params *add,
-                       int64_t block_bytes, int threads)
+int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_t pad, int64_t n, const void *w,
+                       int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem, const int32_t *bias, const qc_rq *rq,
+                       uint8_t *c, int64_t ldc, const qc_rt_add_params *add, int64_t block_bytes, int threads)
 {
-    if (x == NULL || g == NULL || xp == NULL || w == NULL || bias == NULL || rq == NULL || c == NULL)
+    if (x == NULL || g == NULL || w == NULL || bias == NULL || rq == NULL || c == NULL)
         return QC_ERR_NULL;
     if (g->sh != 1 || g->sw != 1 || g->dh != 1 || g->dw != 1 || g->c % 64 != 0 || g->ph < 0 || g->pw < 0 ||
         block_bytes <= 0)
@@ -231,30 +251,30 @@ int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_
     const int64_t cblocks = g->c / 64, kblocks = (int64_t)g->kh * g->kw * cblocks;
     if (kblocks <= 0 || kblocks > QC_SHIFTED_MAX_KBLOCKS) return QC_ERR_SIZE;
     const int nt = threads > 0 ? threads : qc_cpu_count();
-    if (hp == g->h && wp == g->w) {
-        xp = (uint8_t *)x;               /* no padding: the input is its own padded image */
-    } else {
-        const qc_pad_job pj = {x, xp, g, hp, wp, pad};
-        qc_parallel_for(qc_pad_row, &pj, g->n * hp, g->n * hp * wp * g->c >= 32768 ? nt : 1);
-    }
     qc_shifted_job job;
     memset(&job, 0, sizeof job);
     int64_t koff[QC_SHIFTED_MAX_KBLOCKS];
     for (int64_t ky = 0, kb = 0; ky < g->kh; ky++)
         for (int64_t kx = 0; kx < g->kw; kx++)
             for (int64_t cb = 0; cb < cblocks; cb++, kb++) koff[kb] = (ky * wp + kx) * g->c + cb * 64;
-    /* rows over the padded images up to the last valid output pixel: no read leaves xp; the
-     * fused add's rows are absolute output rows (the row map) */
+    /* rows over the padded images up to the last valid output pixel: no read leaves the
+     * image; the fused add's rows are absolute output rows (the row map) */
     qc_post_add post;
-    qc_layer_args(&job.p, isa, (g->n - 1) * hp * wp + (g->oh - 1) * wp + g->ow, n, kblocks * 64, xp, g->c, w,
+    qc_layer_args(&job.p, isa, (g->n - 1) * hp * wp + (g->oh - 1) * wp + g->ow, n, kblocks * 64, x, g->c, w,
                   w_bytes, nr, kr, elem, bias, rq, c, ldc, add, &post, nt);
     qc_gemm_args *p = &job.p;
     job.koff = koff;
+    /* without padding the input is its own padded image, read in place; else each block pads
+     * its own slab */
+    job.x = (hp == g->h && wp == g->w) ? NULL : x;
+    job.g = g;
+    job.pad = pad;
+    job.reach = (g->kh - 1) * wp + g->kw - 1;
     job.a_bytes = g->n * hp * wp * g->c;
-    job.plane = hp * wp; job.wp = wp; job.oh = g->oh; job.ow = g->ow;
+    job.hp = hp; job.plane = hp * wp; job.wp = wp; job.oh = g->oh; job.ow = g->ow;
     /* blocks of rows whose input slab (their rows and the taps' reach below) is ~block_bytes,
      * at least four a thread, whole 32-row AMX tiles */
-    int64_t mb = block_bytes / g->c - (g->kh - 1) * wp - g->kw;
+    int64_t mb = block_bytes / g->c - job.reach;
     const int64_t even = (p->m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt);
     if (mb > even) mb = even;
     mb = (mb + 31) / 32 * 32;
