@@ -196,7 +196,6 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
         QC_TILE_STORE(3, cb + 16 * 32 + 16, 32 * 4);
     }
     if (!last) return;
-    if (getenv("QC_NOEPI")) return;
     const int64_t nvalid = t->n - n0;
     const __m512i b0 = _mm512_loadu_si512((const void *)(t->bias + n0));
     const __m512i b1 = _mm512_loadu_si512((const void *)(t->bias + n0 + 16));
