@@ -129,15 +129,13 @@ typedef struct {
     int32_t zp, qmin, qmax;
 } qc_quantize_s2d_job;
 
-static void qc_quantize_s2d_row(const void *ctx, int64_t chunk, int slot)
+static void qc_quantize_s2d_row(const qc_quantize_s2d_job *j, int64_t chunk)
 {
-    const qc_quantize_s2d_job *j = (const qc_quantize_s2d_job *)ctx;
     const qc_window *g = j->g;
     const int64_t c = g->c, s = g->sh, b = chunk / g->oh, oy = chunk % g->oh;
     const int64_t seg = s * c, padded_w = g->ow * s;         /* bytes per (X, dy); input columns covered */
     const float lo = (float)(j->qmin - j->zp), hi = (float)(j->qmax - j->zp), scale = j->scale;
     uint8_t row[QC_S2D_MAX_ROW], plane[4][QC_S2D_MAX_ROW / 4];
-    (void)slot;
     for (int64_t dy = 0; dy < s; dy++) {
         const int64_t y = oy * s + dy - g->ph;
         memset(row, j->zp, (size_t)(padded_w * c));
@@ -166,12 +164,24 @@ static void qc_quantize_s2d_row(const void *ctx, int64_t chunk, int slot)
     }
 }
 
+/* QC_S2D_ROWS output rows a chunk: each input plane is then read as one run of consecutive
+ * rows, which the hardware prefetchers follow (a chunk per row: 1.35x slower, ResNet-18 batch 8) */
+#define QC_S2D_ROWS 8
+static void qc_quantize_s2d_rows(const void *ctx, int64_t chunk, int slot)
+{
+    const qc_quantize_s2d_job *j = (const qc_quantize_s2d_job *)ctx;
+    const int64_t rows = j->g->n * j->g->oh, r1 = (chunk + 1) * QC_S2D_ROWS < rows ? (chunk + 1) * QC_S2D_ROWS : rows;
+    (void)slot;
+    for (int64_t r = chunk * QC_S2D_ROWS; r < r1; r++) qc_quantize_s2d_row(j, r);
+}
+
 void qc_rt_quantize_s2d(const float *x, uint8_t *q, const qc_window *g, float scale, int32_t zp, int32_t qmin,
                         int32_t qmax, int threads)
 {
     const qc_quantize_s2d_job job = {x, q, g, scale, zp, qmin, qmax};
     const int64_t rows = g->n * g->oh;
-    QC_RT_PARALLEL_FOR(qc_quantize_s2d_row, &job, rows, qc_rt_threads(threads, rows * g->ow * g->sh * g->sw * g->c));
+    QC_RT_PARALLEL_FOR(qc_quantize_s2d_rows, &job, (rows + QC_S2D_ROWS - 1) / QC_S2D_ROWS,
+                       qc_rt_threads(threads, rows * g->ow * g->sh * g->sw * g->c));
 }
 
 void qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw, int nhwc,
