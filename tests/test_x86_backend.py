@@ -327,3 +327,34 @@ def test_shifted_view_convolutions_bit_exact(k, pad, mode, monkeypatch):
     compiled = qcompiler.compile(qm, target="x86")
     assert "qc_rt_conv_shifted" in compiled.source
     assert torch.equal(compiled(x), qm(x))
+
+
+def test_streams_split_the_batch_with_identical_bytes(small, tmp_path):
+    """streams=k runs k slices of the batch at once on the part module (arena of their own);
+    the bytes are those of one call, and tune_streams keeps the fastest choice it timed."""
+    qm, x = small
+    compiled = qcompiler.compile(qm, target="x86")
+    one, ints = compiled(x), compiled(x, return_int=True)
+    compiled.streams = 2
+    assert compiled.streams == 2
+    assert torch.equal(compiled(x), one) and torch.equal(compiled(x, return_int=True), ints)
+    compiled.threads = 2
+    times = compiled.tune_streams(x, rounds=1, repeats=1)
+    assert set(times) == {1, 2} and compiled.streams == min(times, key=times.get)
+    assert torch.equal(compiled(x), one)
+    for bad, match in ((3, "divide the batch"), (0, "at least 1")):
+        with pytest.raises(ValueError, match=match):
+            compiled.streams = bad
+    bundled = load_bundle(compiled.save(tmp_path / "bundle"))
+    with pytest.raises(ValueError, match="compile it again"):
+        bundled.streams = 2
+
+
+def test_streams_need_batch_major_outputs():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 9)
+    qm = quantized(Lambda(lambda m, x: torch.flatten(F.relu(m.conv(x)), 0)), x)
+    compiled = qcompiler.compile(qm, target="x86")
+    with pytest.raises(ValueError, match="batch as dimension 0"):
+        compiled.streams = 2
+    assert compiled.streams == 1 and torch.equal(compiled(x), qm(x))

@@ -6,6 +6,13 @@ reuses one arena (no allocation per call besides the outputs) and returns float 
 one is compiled on first use (same graph, new shapes) when the module still has its
 graph; a model loaded from a bundle runs only the batch size it was built for.
 
+``streams = k`` splits a batch into k equal parts run at once, each on its own arena and
+``threads // k`` threads (batch-level parallelism, like OpenVINO's CPU streams): where per-layer
+threading scales poorly (many short, memory-bound steps, as in MobileNetV2) it beats splitting
+every layer across the cores; where big GEMMs scale well (ResNet-18) it loses.
+:meth:`X86CompiledModel.tune_streams` times the choices on the caller's input and keeps the
+fastest.
+
 ``save(path)`` writes a self-contained bundle (model.c, model.h, weights.bin, the runtime
 source, build.sh, manifest.json); :func:`load_bundle` loads it again without pickles.
 """
@@ -15,7 +22,10 @@ import ctypes
 import json
 import shutil
 import stat
+import statistics
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -91,6 +101,8 @@ class X86CompiledModel(torch.nn.Module):
         self._arena_ptr = self._arena_owner.data_ptr() + (-self._arena_owner.data_ptr()) % 64
         # ctypes releases the GIL: calls from two Python threads must not share the arena at once
         self._arena_lock = threading.Lock()
+        self._streams = 1
+        self._stream_pool: Optional[tuple] = None    # (streams, executor, arena owners) when > 1
 
     @property
     def manifest(self) -> dict:
@@ -115,6 +127,17 @@ class X86CompiledModel(torch.nn.Module):
             checked.append(x.detach().to(torch.float32).contiguous())
         return checked
 
+    def _for_batch(self, n: int) -> "X86CompiledModel":
+        """The module of this graph for batch size ``n``, compiled on first use."""
+        if n == self.batch:
+            return self
+        if self._recompile is None:
+            raise ValueError(f"this model was built for batch size {self.batch}, got {n}; compile it again "
+                             "for that batch size (a bundle runs only the batch it was built for)")
+        if n not in self._by_batch:
+            self._by_batch[n] = self._recompile(n)
+        return self._by_batch[n]
+
     def _other_batch(self, inputs: tuple) -> Optional["X86CompiledModel"]:
         """The module for another batch size, compiled on first use (when that is possible)."""
         if not inputs or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() == 0:
@@ -125,12 +148,7 @@ class X86CompiledModel(torch.nn.Module):
             return None
         if tuple(inputs[0].shape[1:]) != self.input_shapes[0][1:]:
             return None             # a shape error, reported by check_inputs
-        if self._recompile is None:
-            raise ValueError(f"this model was built for batch size {self.batch}, got {n}; compile it again "
-                             "for that batch size (a bundle runs only the batch it was built for)")
-        if n not in self._by_batch:
-            self._by_batch[n] = self._recompile(n)
-        module = self._by_batch[n]
+        module = self._for_batch(n)
         module.threads = self.threads
         return module
 
@@ -141,17 +159,92 @@ class X86CompiledModel(torch.nn.Module):
         xs = self.check_inputs(inputs)
         outs = [torch.empty(tuple(s["shape"]), dtype=_DTYPES[s["dtype"]] if return_int else torch.float32)
                 for s in self.output_specs]
+        with self._arena_lock:
+            if self._streams > 1:
+                self._run_streams(xs, outs, return_int)
+            else:
+                self._run(xs, outs, return_int, self._arena_ptr, self._arena_bytes, self._threads())
+        return tuple(outs) if self.tuple_output else outs[0]
+
+    def _run(self, xs: list, outs: list, return_int: bool, arena_ptr: int, arena_bytes: int, threads: int):
+        """One native call on contiguous inputs and outputs (checked again on the C side)."""
         in_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
         in_numel = (ctypes.c_int64 * max(len(xs), 1))(*[x.numel() for x in xs])
         out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.data_ptr() for o in outs])
         out_numel = (ctypes.c_int64 * max(len(outs), 1))(*[o.numel() for o in outs])
-        with self._arena_lock:
-            code = self.native.cdll.qc_model_run_checked(in_ptrs, in_numel, len(xs), out_ptrs, out_numel,
-                                                         len(outs), int(return_int), self._arena_ptr,
-                                                         self._arena_bytes, self._threads())
+        code = self.native.cdll.qc_model_run_checked(in_ptrs, in_numel, len(xs), out_ptrs, out_numel, len(outs),
+                                                     int(return_int), arena_ptr, arena_bytes, threads)
         if code != 0:
             raise NativeModelError(f"qc_model_run failed: {self.native.error(code)}")
-        return tuple(outs) if self.tuple_output else outs[0]
+
+    # -- streams: batch-level parallelism ---------------------------------------------------
+
+    @property
+    def streams(self) -> int:
+        return self._streams
+
+    @streams.setter
+    def streams(self, k: int):
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"streams must be at least 1, got {k}")
+        if k > 1:
+            if self.batch % k:
+                raise ValueError(f"streams={k} must divide the batch size {self.batch}")
+            part = self._for_batch(self.batch // k)
+            batch_major = all(tuple(s["shape"][:1]) == (self.batch,) and tuple(p["shape"]) ==
+                              (self.batch // k, *s["shape"][1:])
+                              for s, p in zip([*self.manifest["inputs"], *self.output_specs],
+                                              [*part.manifest["inputs"], *part.output_specs]))
+            if not batch_major:
+                raise ValueError("streams need every input and output to have the batch as dimension 0")
+        if self._stream_pool is not None:
+            self._stream_pool[1].shutdown()
+            self._stream_pool = None
+        self._streams = k
+
+    def _run_streams(self, xs: list, outs: list, return_int: bool):
+        """Each of `streams` equal slices of the batch on the part module, one slice per thread,
+        each with an arena of its own; outputs are written in place (slices of `outs`)."""
+        k = self._streams
+        part = self._for_batch(self.batch // k)
+        if self._stream_pool is None:
+            arenas = [torch.empty(part._arena_bytes + 64, dtype=torch.uint8) for _ in range(k)]
+            self._stream_pool = (k, ThreadPoolExecutor(k - 1, thread_name_prefix="qc-stream"), arenas)
+        _, pool, arenas = self._stream_pool
+        threads = max(1, self._threads() // k)
+        n = part.batch
+
+        def run(i: int):
+            arena = arenas[i].data_ptr() + (-arenas[i].data_ptr()) % 64
+            part._run([x[i * n:(i + 1) * n] for x in xs], [o[i * n:(i + 1) * n] for o in outs], return_int,
+                      arena, part._arena_bytes, threads)
+
+        pending = [pool.submit(run, i) for i in range(1, k)]
+        run(0)
+        for f in pending:
+            f.result()
+
+    def tune_streams(self, *inputs, rounds: int = 3, repeats: int = 5) -> dict:
+        """Time every stream count that divides the batch (up to the thread count) on ``inputs``,
+        interleaved over ``rounds``, and keep the fastest. Returns {streams: median ms}."""
+        candidates = [k for k in range(1, self._threads() + 1) if self.batch % k == 0]
+        times: dict[int, list] = {k: [] for k in candidates}
+        for _ in range(rounds):
+            for k in list(times):
+                try:
+                    self.streams = k
+                except ValueError:          # outputs not batch-major, or no graph to recompile
+                    del times[k]
+                    continue
+                self(*inputs)                # warm (and compile the part module once)
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    self(*inputs)
+                times[k].append((time.perf_counter() - t0) / repeats * 1e3)
+        medians = {k: statistics.median(v) for k, v in times.items()}
+        self.streams = min(medians, key=medians.get)
+        return medians
 
     # -- profiling -------------------------------------------------------------------------
 
