@@ -222,20 +222,24 @@ def test_gemm_matches_reference_in_every_mode(case):
         assert torch.equal(g.gemm(a, packed, rq, isa=isa, threads=th), expected)
 
 
+@pytest.mark.parametrize("out_dtype, zo", [(torch.int8, 0), (torch.uint8, 100)])
 @pytest.mark.parametrize("isa", ISAS)
-def test_fp32_requant_rounds_half_to_even(isa):
-    """Accumulators k + 0.5 after the multiply: ties go to even, as torch.round does."""
-    n, k = 40, 8
+def test_fp32_requant_rounds_half_to_even(isa, out_dtype, zo):
+    """Accumulators k + 0.5 after the multiply: ties go to even, as torch.round does (uint8
+    with 64+ columns: the packed epilogue, qc_store64)."""
+    n, k = 72, 8
     w = torch.zeros((n, k), dtype=torch.int8)
     w[:, 0] = 1
     a = torch.arange(-30, 30, dtype=torch.int64).add(128).to(torch.uint8).reshape(-1, 1).repeat(1, k)
     packed = g.pack_weights(w, None, 128, isa)
     acc = _exact_acc(a, w, 128, None)
-    rq = g.make_requant(packed, "fp32", multiplier=0.5, zero_point=0, out_dtype=torch.int8)
-    expected = requantize_fp32(acc, torch.tensor(0.5), 0, -128, 127).to(torch.int8)
+    rq = g.make_requant(packed, "fp32", multiplier=0.5, zero_point=zo, out_dtype=out_dtype)
+    lo, hi = (-128, 127) if out_dtype == torch.int8 else (0, 255)
+    expected = requantize_fp32(acc, torch.tensor(0.5), zo, lo, hi).to(out_dtype)
     got = g.gemm(a, packed, rq, isa=isa)
     assert torch.equal(got, expected)
-    assert got[31, 0] == 0 and got[33, 0] == 2 and got[27, 0] == -2    # 0.5 → 0, 1.5 → 2, -1.5 → -2
+    # 0.5 → 0, 1.5 → 2, -1.5 → -2
+    assert got[31, 0] == zo and got[33, 0] == zo + 2 and got[27, 0] == zo - 2
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -31,6 +31,9 @@ typedef struct {
     int32_t add_mode, add_shift;
     __m512i za, zb, add_zo, add_lo64, add_hi64, m0a, m0b, half;
     __m512 ma, mb, add_lo, add_hi;
+    /* qc_store64: fp32 requantization to uint8 without a fused add, 64 outputs a store */
+    int packed64;
+    __m512i zo16, lo8, hi8, order;
 } qc_epi16;
 
 QC_AVX512_FN void qc_epi16_prep(qc_epi16 *e, const qc_task *t)
@@ -49,6 +52,13 @@ QC_AVX512_FN void qc_epi16_prep(qc_epi16 *e, const qc_task *t)
     e->c = t->c;
     e->ldc = t->ldc;
     e->r = NULL;
+    e->packed64 = t->mode == QC_REQUANT_FP32 && t->out_type == QC_OUT_U8 && t->post_add == NULL;
+    e->zo16 = _mm512_set1_epi16((int16_t)t->zo);
+    e->lo8 = _mm512_set1_epi8((char)t->lo);
+    e->hi8 = _mm512_set1_epi8((char)t->hi);
+    /* after the two packs, dword 4L + s holds outputs 4L..4L+3 of source vector s: output
+     * dword t is packed dword 4 (t % 4) + t / 4 */
+    e->order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     if (t->post_add != NULL) {
         const qc_post_add *a = t->post_add;
         e->r = a->r;
@@ -140,6 +150,29 @@ QC_AVX512_FN void qc_store16(const qc_epi16 *e, __m512i acc, int64_t i, int64_t 
     /* q is inside the byte range already: truncating vpmovdb is exact */
     if (cnt == 16) _mm_storeu_si128((__m128i *)(e->c + i * e->ldc + j), _mm512_cvtepi32_epi8(q));
     else _mm_mask_storeu_epi8(e->c + i * e->ldc + j, mask, _mm512_cvtepi32_epi8(q));
+}
+
+/* 64 uint8 outputs of row i, channels j..j+63 (e->packed64): the same bytes as four
+ * qc_store16, with the clamp done by saturation. round(y) for y = acc * mult <= hi - zo (the
+ * upper clamp stays in float, so the conversion cannot overflow) is narrowed with signed
+ * saturation to int16, gets the zero point with saturation, and is narrowed with unsigned
+ * saturation to uint8: every step is exact inside [lo, hi] and monotonic outside it, so
+ * anything below lo - zo lands at or below lo, and the byte min/max give [lo, hi] exactly. */
+QC_AVX512_FN __m512i qc_requant16_upper(const qc_epi16 *e, __m512i acc, int64_t j)
+{
+    const __m512 y = _mm512_mul_round_ps(_mm512_cvt_roundepi32_ps(acc, QC_RN), _mm512_loadu_ps(e->mult + j), QC_RN);
+    return _mm512_cvt_roundps_epi32(_mm512_min_ps(y, e->hi), QC_RN);
+}
+
+QC_AVX512_FN void qc_store64(const qc_epi16 *e, __m512i a0, __m512i a1, __m512i a2, __m512i a3, int64_t i,
+                             int64_t j)
+{
+    const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(qc_requant16_upper(e, a0, j),
+                                                             qc_requant16_upper(e, a1, j + 16)), e->zo16);
+    const __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(qc_requant16_upper(e, a2, j + 32),
+                                                             qc_requant16_upper(e, a3, j + 48)), e->zo16);
+    const __m512i b = _mm512_permutexvar_epi32(e->order, _mm512_packus_epi16(w01, w23));
+    _mm512_storeu_si512((void *)(e->c + i * e->ldc + j), _mm512_max_epu8(_mm512_min_epu8(b, e->hi8), e->lo8));
 }
 
 #endif /* QC_EPILOGUE_AVX512_H */

@@ -61,6 +61,7 @@
 #define QC_VSTORE(p, v) _mm512_storeu_si512((void *)(p), (v))
 #define QC_VSET1(x) _mm512_set1_epi32(x)
 #define QC_VSTORE_OUT qc_store16
+#define QC_VSTORE_OUT64 qc_store64
 #define QC_EPI_T qc_epi16
 #define QC_EPI_PREP qc_epi16_prep
 #define QC_TILE_NAME tile
@@ -84,6 +85,7 @@
 #undef QC_VSTORE
 #undef QC_VSET1
 #undef QC_VSTORE_OUT
+#undef QC_VSTORE_OUT64
 #undef QC_EPI_T
 #undef QC_EPI_PREP
 

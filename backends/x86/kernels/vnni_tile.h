@@ -10,6 +10,8 @@
  *   QC_VSET1(x)       broadcast one int32
  *   QC_EPI_T, QC_EPI_PREP(e, t)   the epilogue's prepared parameters (qc_epi16 / a qc_task copy)
  *   QC_VSTORE_OUT     the epilogue writing up to QC_LANES outputs (qc_store8 / qc_store16)
+ *   QC_VSTORE_OUT64   optional: four vectors of a row at once where the prepared epilogue
+ *                     allows (e.packed64; qc_store64)
  *
  * Accumulates MR rows x NV vectors of columns over `groups` K-groups of 4 (+ a K tail of `rem` bytes,
  * reading only bytes that exist), starting from the packed bias or the K-block scratch.
@@ -64,13 +66,21 @@ QC_FN(QC_TILE_NAME)(const int mr, const qc_task *t, const uint8_t *a, const uint
     QC_EPI_T e;
     QC_EPI_PREP(&e, t);
 #pragma GCC unroll 16
-    for (int i = 0; i < mr; i++)
+    for (int i = 0; i < mr; i++) {
+#ifdef QC_VSTORE_OUT64
+        if (QC_TILE_NV == 4 && nvalid >= 4 * QC_LANES && e.packed64) {
+            QC_VSTORE_OUT64(&e, acc[i][0], acc[i][QC_TILE_NV > 1], acc[i][QC_TILE_NV > 2 ? 2 : 0],
+                            acc[i][QC_TILE_NV > 3 ? 3 : 0], row0 + i, n0);
+            continue;
+        }
+#endif
 #pragma GCC unroll 16
         for (int v = 0; v < QC_TILE_NV; v++) {
             const int64_t cnt = nvalid - QC_LANES * v;
             if (cnt > 0)
                 QC_VSTORE_OUT(&e, acc[i][v], row0 + i, n0 + QC_LANES * v, cnt >= QC_LANES ? QC_LANES : (int)cnt);
         }
+    }
 }
 
 #undef QC_TILE_NAME
