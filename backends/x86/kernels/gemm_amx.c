@@ -7,8 +7,9 @@
  * Packed W is the AVX-512 VNNI layout (KR = 4, NR = 64, int8): a W tile is 16 rows of 64
  * bytes at stride NR * 4 inside a panel, so both kernels share packed weights.
  * Per chunk (M block x one 64-column panel): for each 32-row tile, two passes of 32
- * columns; C stays in tiles over all of K, then goes through a 4 KB buffer into the
- * AVX-512 epilogue (bias, requantization, masked stores).
+ * columns; C stays in tiles over all of K (or a K block, then an int32 scratch), then both
+ * halves go through an 8 KB buffer into the AVX-512 epilogue (bias, requantization, stores
+ * of 64 outputs where it can: qc_store64).
  * Tails: the last K block (K % 64) is read from a zero-padded copy of W and, unless A's rows
  * are readable that far (args->a_cols: then in place, the extra bytes meet zero weights),
  * of A, so no load passes the end of either buffer; M tails reconfigure the tiles with fewer rows (at a
@@ -119,23 +120,51 @@ typedef struct {
     const uint8_t *panel;      /* packed W panel */
     uint8_t *wtail;            /* the last, partial K block of the panel, zero-padded: 16 x NR x 4 */
     uint8_t *atail;            /* the last, partial K block of 32 A rows, zero-padded: 32 x 64 */
-    int32_t *cbuf;             /* 32 x 32 int32 */
+    int32_t *cbuf;             /* 32 x NR int32: a finished tile row of the panel */
     int64_t *rows;             /* the output rows of the current 32-row tile (-1: none) */
+    int wide;                  /* the epilogue runs once per panel, 64 outputs a store (qc_store64):
+                                  a full panel and a saturating requantization; else per half */
     int64_t j;                 /* panel index */
     int64_t kfull;             /* full 64-k blocks */
     int ktail;                 /* k in the partial block (0: none) */
 } QC_FN(ctx);
 
-/* 32 rows (two == 1) or up to 16 rows (two == 0) x 32 columns starting at n0, over the
- * full 64-k blocks kb0 .. kb1-1 (and the partial one when `last`); C starts at zero
- * (`first`) or from the int32 partial sums in `cs`, and ends in `cs` or (`last`) in the
- * epilogue */
+/* the epilogue of mr rows x columns [c0, c0 + nc) of the panel, from cbuf: bias, then 64
+ * outputs a store (qc_store64) where the chunk runs wide, else 16 at a time */
+static inline __attribute__((always_inline)) void QC_FN(epilogue)(const QC_FN(ctx) *x, int mr, int c0, int nc)
+{
+    const qc_task *t = x->t;
+    const int64_t n0 = x->j * NR + c0, nvalid = t->n - n0;
+    __m512i bias[NR / 16];
+    for (int v = 0; v < nc / 16; v++) bias[v] = _mm512_loadu_si512((const void *)(t->bias + n0 + 16 * v));
+    qc_epi16 e;
+    qc_epi16_prep(&e, t);
+    for (int i = 0; i < mr; i++) {
+        const int64_t row = x->rows[i];
+        if (row < 0) continue;                      /* a padding row of a shifted view */
+        const int32_t *cr = x->cbuf + i * NR + c0;
+        __m512i acc[NR / 16];
+        for (int v = 0; v < nc / 16; v++)
+            acc[v] = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cr + 16 * v)), bias[v]);
+        if (x->wide) {
+            for (int v = 0; v + 3 < nc / 16; v += 4)
+                qc_store64(&e, acc[v], acc[v + 1], acc[v + 2], acc[v + 3], row, n0 + 16 * v);
+            continue;
+        }
+        for (int v = 0; v < nc / 16 && 16 * v < nvalid; v++)
+            qc_store16(&e, acc[v], row, n0 + 16 * v, nvalid - 16 * v >= 16 ? 16 : (int)(nvalid - 16 * v));
+    }
+}
+
+/* 32 rows (two == 1) or up to 16 rows (two == 0) x the 32 columns of panel half `half`, over
+ * the full 64-k blocks kb0 .. kb1-1 (and the partial one when `last`); C starts at zero
+ * (`first`) or from the int32 partial sums in `cs`, and ends in `cs` or (`last`) in cbuf */
 static inline __attribute__((always_inline)) void
-QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_t row0, int half,
+QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int half,
             int64_t kb0, int64_t kb1, int first, int last, int32_t *cs QC_PASS_TILES)
 {
     const qc_task *t = x->t;
-    const int64_t lda = t->lda_bytes, n0 = x->j * NR + 32 * half;
+    const int64_t lda = t->lda_bytes;
     const uint8_t *w = x->panel + half * 32 * 4;
     if (first) {
         QC_TILE_ZERO(0);
@@ -188,29 +217,16 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int64_
             QC_TILE_DPBUSD(3, 5, 7);
         }
     }
-    int32_t *cb = last ? x->cbuf : cs;
-    QC_TILE_STORE(0, cb, 32 * 4);
-    QC_TILE_STORE(1, cb + 16, 32 * 4);
+    /* partial sums to the scratch, or the finished half panel to its columns of cbuf */
+    int32_t *cb = last ? x->cbuf + 32 * half : cs;
+    const int64_t ldcb = last ? NR : 32;
+    QC_TILE_STORE(0, cb, ldcb * 4);
+    QC_TILE_STORE(1, cb + 16, ldcb * 4);
     if (two) {
-        QC_TILE_STORE(2, cb + 16 * 32, 32 * 4);
-        QC_TILE_STORE(3, cb + 16 * 32 + 16, 32 * 4);
+        QC_TILE_STORE(2, cb + 16 * ldcb, ldcb * 4);
+        QC_TILE_STORE(3, cb + 16 * ldcb + 16, ldcb * 4);
     }
-    if (!last) return;
-    const int64_t nvalid = t->n - n0;
-    const __m512i b0 = _mm512_loadu_si512((const void *)(t->bias + n0));
-    const __m512i b1 = _mm512_loadu_si512((const void *)(t->bias + n0 + 16));
-    qc_epi16 e;
-    qc_epi16_prep(&e, t);
-    for (int i = 0; i < mr; i++) {
-        const int64_t row = x->rows[i];
-        if (row < 0) continue;                      /* a padding row of a shifted view */
-        const __m512i acc0 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32)), b0);
-        qc_store16(&e, acc0, row, n0, nvalid >= 16 ? 16 : (int)nvalid);
-        if (nvalid > 16) {
-            const __m512i acc1 = _mm512_add_epi32(_mm512_loadu_si512((const void *)(cb + i * 32 + 16)), b1);
-            qc_store16(&e, acc1, row, n0 + 16, nvalid >= 32 ? 16 : (int)(nvalid - 16));
-        }
-    }
+    if (last && !x->wide) QC_FN(epilogue)(x, mr, 32 * half, 32);
 }
 
 static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
@@ -221,9 +237,14 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
     const int64_t ie = qc_min64(ib + t->tiles_per_block, mtiles);
     uint8_t wtail[16 * NR * 4] __attribute__((aligned(64)));
     uint8_t atail[32 * 64] __attribute__((aligned(64)));
-    int32_t cbuf[32 * 32] __attribute__((aligned(64)));
+    int32_t cbuf[32 * NR] __attribute__((aligned(64)));
     int64_t rows[32];
-    QC_FN(ctx) x = {t, t->b + j * (t->kgroups * NR * 4), wtail, atail, cbuf, rows, j, t->k / 64, (int)(t->k % 64)};
+    QC_FN(ctx) x = {t, t->b + j * (t->kgroups * NR * 4), wtail, atail, cbuf, rows, 0, j, t->k / 64, (int)(t->k % 64)};
+    {
+        qc_epi16 e;
+        qc_epi16_prep(&e, t);
+        x.wide = e.packed64 && t->n - j * NR >= NR;
+    }
     if (x.ktail) {
         const int64_t g0 = x.kfull * 16, ng = t->kgroups - g0;   /* groups in the tail block */
         memcpy(wtail, x.panel + g0 * NR * 4, (size_t)(ng * NR * 4));
@@ -256,9 +277,10 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
             for (int half = 0; half < NR / 32; half++) {
                 if (j * NR + 32 * half >= t->n) break;
                 int32_t *cs = scr ? scr + ((it - ib) * (NR / 32) + half) * 32 * 32 : NULL;
-                if (mr > 16) QC_FN(pass)(&x, 1, a, mr, row0, half, kb0, kb1, first, last, cs QC_PASS_TILES_ARG);
-                else QC_FN(pass)(&x, 0, a, mr, row0, half, kb0, kb1, first, last, cs QC_PASS_TILES_ARG);
+                if (mr > 16) QC_FN(pass)(&x, 1, a, mr, half, kb0, kb1, first, last, cs QC_PASS_TILES_ARG);
+                else QC_FN(pass)(&x, 0, a, mr, half, kb0, kb1, first, last, cs QC_PASS_TILES_ARG);
             }
+            if (last && x.wide) QC_FN(epilogue)(&x, mr, 0, NR);
         }
     }
     QC_TILE_RELEASE();
