@@ -297,11 +297,11 @@ def test_runtime_requant_matches_the_reference(mode, seed, zp, extreme):
 
 
 class _ShiftedConv(nn.Module):
-    """A 64-channel stride-1 convolution; a residual add (fused on AMX) where the shape allows."""
+    """A stride-1 convolution; a residual add (fused on AMX) where the shape allows."""
 
-    def __init__(self, k, pad):
+    def __init__(self, channels, k, pad):
         super().__init__()
-        self.conv = nn.Conv2d(64, 64, k, 1, pad)
+        self.conv = nn.Conv2d(channels, channels, k, 1, pad)
         self.residual = 2 * pad[0] == k[0] - 1 and 2 * pad[1] == k[1] - 1
 
     def forward(self, x):
@@ -310,20 +310,22 @@ class _ShiftedConv(nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+@pytest.mark.parametrize("channels", [64, 12])
 @pytest.mark.parametrize("k, pad", [((3, 3), (1, 1)), ((3, 1), (1, 0)), ((1, 3), (0, 2)), ((2, 2), (0, 0)),
                                     ((5, 5), (2, 2))])
-def test_shifted_view_convolutions_bit_exact(k, pad, mode, monkeypatch):
+def test_shifted_view_convolutions_bit_exact(k, pad, channels, mode, monkeypatch):
     """qc_rt_conv_shifted on every padding shape: each thread pads many small slabs of its own
-    (or, without padding, reads the input in place), rows on the border are dropped, and the
-    residual add is fused."""
+    (or, without padding, reads the input in place, but for the last rows, whose 64-byte
+    reads would pass its end), rows on the border are dropped, and the residual add is fused.
+    12 channels: one K block per kernel row (kw * 12 <= 64 bytes, zero weights after)."""
     from qcompiler.backends.x86 import backend, choose_isa
     if choose_isa() != "amx":
         pytest.skip("shifted-view convolutions run on AMX only")
     monkeypatch.setattr(backend, "SHIFTED_MAX_PADDING", 100.0)
     monkeypatch.setattr(backend, "CONV_BLOCK_BYTES", 16 << 10)     # 4-8 blocks a thread
     torch.manual_seed(3)
-    x = torch.randn(3, 64, 13, 11)
-    qm = quantized(_ShiftedConv(k, pad), x, mode)
+    x = torch.randn(3, channels, 13, 11)
+    qm = quantized(_ShiftedConv(channels, k, pad), x, mode)
     compiled = qcompiler.compile(qm, target="x86")
     assert "qc_rt_conv_shifted" in compiled.source
     assert torch.equal(compiled(x), qm(x))

@@ -111,14 +111,22 @@ class X86Gemm(GemmLowering):
 
     def emit_conv(self, em: Lowering, *, x, geom, window, c0, cg, pad, m, k, groups, c, ldc, weight, bias,
                   a_zero_point, requant: RequantArrays, add=None):
-        """Stride-1 convolutions over whole 64-channel blocks on AMX: shifted views of the padded
-        input, no im2col (qc_rt_conv_shifted), where padding rows cost little; other large ones
+        """Stride-1 convolutions over whole 64-channel blocks, or thin ones (a kernel row of taps
+        in 64 bytes: space-to-depth stems), on AMX: shifted views of the padded input, no im2col
+        (qc_rt_conv_shifted), where padding rows cost little; other large ones
         blocked (qc_rt_conv_gemm): im2col of CONV_BLOCK_BYTES of rows, then its GEMM, where the
         im2col matrix would not stay in cache and there are rows enough for every thread."""
         n = weight.shape[0]
         nb, h, w, cin, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw = window
-        if (self.isa == "amx" and groups == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and cg % 64 == 0
-                and kh * kw > 1 and (oh + kh - 1) * (ow + kw - 1) <= SHIFTED_MAX_PADDING * oh * ow):
+        if (self.isa == "amx" and groups == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and kh * kw > 1
+                and (cg % 64 == 0 or kw * cg <= 64)
+                and (oh + kh - 1) * (ow + kw - 1) <= SHIFTED_MAX_PADDING * oh * ow):
+            if cg % 64:
+                # thin input (a space-to-depth stem): one 64-k block per kernel row, its kw * cg
+                # taps then zeros (the view reads a few bytes past them, which meet the zeros)
+                rows = torch.zeros((n, kh, 64), dtype=weight.dtype)
+                rows[:, :, :kw * cg] = weight.reshape(n, kh, kw * cg)
+                weight = rows.reshape(n, kh * 64)
             return ([f"rc = qc_rt_conv_shifted({self.isa_id}, {x}, {geom}, {pad}, {n}, "
                      f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {add or 'NULL'}, "
                      f"{CONV_BLOCK_BYTES}, threads);",

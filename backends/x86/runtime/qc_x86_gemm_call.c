@@ -190,39 +190,48 @@ static void qc_pad_span(const uint8_t *x, const qc_window *g, int64_t hp, int64_
 typedef struct {
     qc_gemm_args p;                 /* the whole GEMM; blocks take rows [r0, r0 + mb) of it */
     const int64_t *koff;
-    const uint8_t *x;               /* the input, when blocks pad their slab themselves */
+    int64_t koff_max;
+    const uint8_t *x;               /* the input */
     const qc_window *g;
     uint8_t pad;
+    int in_place;                   /* no padding: the input is its own padded image */
     int64_t reach;                  /* padded positions a row's taps read past the row */
     int64_t a_bytes, mb, hp, plane, wp, oh, ow;
     _Atomic int err;
 } qc_shifted_job;
 
+static void qc_shifted_fail(qc_shifted_job *j, int err)
+{
+    int expected = 0;
+    atomic_compare_exchange_strong(&j->err, &expected, err);
+}
+
 /* one block of rows on one thread: its slab of the padded input (its rows and the taps'
- * reach below) is built in the thread's buffer, where it stays in cache over the taps */
+ * reach below, and 64 bytes of slack: a K block may read past its last tap's bytes, which
+ * meet zero weights) is built in the thread's buffer, where it stays in cache over the taps;
+ * without padding a block reads the input in place, unless its reads would pass its end */
 static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
 {
     qc_shifted_job *j = (qc_shifted_job *)ctx;
     (void)slot;
     if (atomic_load_explicit(&j->err, memory_order_relaxed) != 0) return;
-    const int64_t r0 = chunk * j->mb;
+    const int64_t r0 = chunk * j->mb, lda = j->p.lda;
     qc_gemm_args p = j->p;
     p.m = j->p.m - r0 < j->mb ? j->p.m - r0 : j->mb;
     p.threads = 1;
-    int64_t a_bytes = j->a_bytes - r0 * j->p.lda;
-    if (j->x != NULL) {
+    int64_t a_bytes = j->a_bytes - r0 * lda;
+    if (j->in_place && j->koff_max + (p.m - 1) * lda + 64 <= a_bytes) {
+        p.a = j->x + r0 * lda;
+    } else {
         const int64_t span = p.m + j->reach;
-        uint8_t *slab = qc_conv_scratch((size_t)(span * j->p.lda));
+        uint8_t *slab = qc_conv_scratch((size_t)(span * lda + 64));
         if (slab == NULL) {
-            int expected = 0;
-            atomic_compare_exchange_strong(&j->err, &expected, QC_ERR_NOMEM);
+            qc_shifted_fail(j, QC_ERR_NOMEM);
             return;
         }
         qc_pad_span(j->x, j->g, j->hp, j->wp, j->pad, r0, span, slab);
         p.a = slab;
-        a_bytes = span * j->p.lda;
-    } else {
-        p.a = j->p.a + r0 * j->p.lda;
+        a_bytes = span * lda + 64;
     }
     const int err = p.isa == QC_ISA_AMX
         ? qc_gemm_shifted_amx(&p, j->koff, a_bytes, r0, j->plane, j->wp, j->oh, j->ow)
@@ -231,10 +240,7 @@ static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
         ? qc_gemm_shifted_amx_emu(&p, j->koff, a_bytes, r0, j->plane, j->wp, j->oh, j->ow)
 #endif
         : QC_ERR_ISA;
-    if (err != 0) {
-        int expected = 0;
-        atomic_compare_exchange_strong(&j->err, &expected, err);
-    }
+    if (err != 0) qc_shifted_fail(j, err);
 }
 
 int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_t pad, int64_t n, const void *w,
@@ -243,32 +249,39 @@ int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_
 {
     if (x == NULL || g == NULL || w == NULL || bias == NULL || rq == NULL || c == NULL)
         return QC_ERR_NULL;
-    if (g->sh != 1 || g->sw != 1 || g->dh != 1 || g->dw != 1 || g->c % 64 != 0 || g->ph < 0 || g->pw < 0 ||
-        block_bytes <= 0)
+    /* a K block is 64 channels of one tap or, for thin inputs, one kernel row's taps
+     * (kw * c <= 64 bytes, zero weights past them) */
+    const int rows_of_taps = g->c % 64 != 0;
+    if (g->sh != 1 || g->sw != 1 || g->dh != 1 || g->dw != 1 || g->ph < 0 || g->pw < 0 || block_bytes <= 0 ||
+        g->c <= 0 || (rows_of_taps && (int64_t)g->kw * g->c > 64))
         return QC_ERR_SIZE;
     const int64_t hp = g->oh + g->kh - 1, wp = g->ow + g->kw - 1;     /* stride 1: the padded image */
     if (hp < g->h + g->ph || wp < g->w + g->pw) return QC_ERR_SIZE;
-    const int64_t cblocks = g->c / 64, kblocks = (int64_t)g->kh * g->kw * cblocks;
+    const int64_t cblocks = g->c / 64, kblocks = rows_of_taps ? g->kh : (int64_t)g->kh * g->kw * cblocks;
     if (kblocks <= 0 || kblocks > QC_SHIFTED_MAX_KBLOCKS) return QC_ERR_SIZE;
     const int nt = threads > 0 ? threads : qc_cpu_count();
     qc_shifted_job job;
     memset(&job, 0, sizeof job);
     int64_t koff[QC_SHIFTED_MAX_KBLOCKS];
-    for (int64_t ky = 0, kb = 0; ky < g->kh; ky++)
-        for (int64_t kx = 0; kx < g->kw; kx++)
-            for (int64_t cb = 0; cb < cblocks; cb++, kb++) koff[kb] = (ky * wp + kx) * g->c + cb * 64;
-    /* rows over the padded images up to the last valid output pixel: no read leaves the
-     * image; the fused add's rows are absolute output rows (the row map) */
+    if (rows_of_taps) {
+        for (int64_t ky = 0; ky < g->kh; ky++) koff[ky] = ky * wp * g->c;
+    } else {
+        for (int64_t ky = 0, kb = 0; ky < g->kh; ky++)
+            for (int64_t kx = 0; kx < g->kw; kx++)
+                for (int64_t cb = 0; cb < cblocks; cb++, kb++) koff[kb] = (ky * wp + kx) * g->c + cb * 64;
+    }
+    /* rows over the padded images up to the last valid output pixel; the fused add's rows
+     * are absolute output rows (the row map) */
     qc_post_add post;
     qc_layer_args(&job.p, isa, (g->n - 1) * hp * wp + (g->oh - 1) * wp + g->ow, n, kblocks * 64, x, g->c, w,
                   w_bytes, nr, kr, elem, bias, rq, c, ldc, add, &post, nt);
     qc_gemm_args *p = &job.p;
     job.koff = koff;
-    /* without padding the input is its own padded image, read in place; else each block pads
-     * its own slab */
-    job.x = (hp == g->h && wp == g->w) ? NULL : x;
+    job.koff_max = koff[kblocks - 1];
+    job.x = x;
     job.g = g;
     job.pad = pad;
+    job.in_place = hp == g->h && wp == g->w;
     job.reach = (g->kh - 1) * wp + g->kw - 1;
     job.a_bytes = g->n * hp * wp * g->c;
     job.hp = hp; job.plane = hp * wp; job.wp = wp; job.oh = g->oh; job.ow = g->ow;

@@ -23,12 +23,14 @@ QC_RT_EXPORT int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window 
                                  int32_t elem, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
                                  const qc_rt_add_params *add, int64_t block_bytes, int threads);
 
-/* QConv with stride 1 and channels a multiple of 64, on AMX without im2col: each 64-k block of
- * the GEMM reads a shifted view of x (NHWC) with a border of `pad` (qc_gemm_shifted_amx); rows
- * that fall on the border are computed and dropped. Threads take blocks of rows whose slab of
- * the padded input is about block_bytes: each builds it in a buffer of its own, where it stays
- * in cache over the taps (without padding, x is read in place). isa: QC_ISA_AMX (or its
- * emulation). */
+/* QConv with stride 1 on AMX without im2col: each 64-k block of the GEMM reads a shifted view
+ * of x (NHWC) with a border of `pad` (qc_gemm_shifted_amx); rows that fall on the border are
+ * computed and dropped. A K block is 64 channels of one tap (channels a multiple of 64) or,
+ * for thin inputs (kw * channels <= 64), a whole kernel row of taps: W then has K = kh * 64,
+ * the taps' kw * c weights of each kernel row first and zeros after them. Threads take blocks
+ * of rows whose slab of the padded input is about block_bytes: each builds it in a buffer of
+ * its own, where it stays in cache over the taps (without padding, x is read in place).
+ * isa: QC_ISA_AMX (or its emulation). */
 QC_RT_EXPORT int qc_rt_conv_shifted(int32_t isa, const uint8_t *x, const qc_window *g, uint8_t pad, int64_t n,
                                     const void *w, int64_t w_bytes, int32_t nr, int32_t kr, int32_t elem,
                                     const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
