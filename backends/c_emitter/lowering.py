@@ -314,8 +314,9 @@ class Lowering:
         plan = _space_to_depth_plan(mod, cin, shape)
         if plan:
             # a thin strided input (an RGB stem): space-to-depth first, so the conv becomes
-            # stride 1 over s*s*cin channels (ResNet's 7x7 s2: 4x4 taps of 12 bytes, K = 192 =
-            # three 64-deep AMX blocks; im2col copies 4 rows of 48 bytes instead of 7 of 21);
+            # stride 1 over s*s*cin channels (ResNet's 7x7 s2: 4x4 taps of 12 bytes, K = 192;
+            # im2col copies 4 rows of 48 bytes instead of 7 of 21, and AMX needs none: a kernel
+            # row of taps is one 64-byte K block of a shifted view);
             # done by the input's quantize step when this conv is its one consumer
             s, kqh, kqw, h, w = plan
             cin = s * s * cin
