@@ -31,10 +31,15 @@ typedef struct {
     int32_t add_mode, add_shift;
     __m512i za, zb, add_zo, add_lo64, add_hi64, m0a, m0b, half;
     __m512 ma, mb, add_lo, add_hi;
-    /* qc_store64: fp32 requantization to uint8 without a fused add, 64 outputs a store */
-    int packed64;
+    int packed64;                  /* qc_store64 applies (qc_packed64_ok) */
     __m512i zo16, lo8, hi8, order;
 } qc_epi16;
+
+/* qc_store64 applies: fp32 requantization to uint8 without a fused add */
+static inline int qc_packed64_ok(const qc_task *t)
+{
+    return t->mode == QC_REQUANT_FP32 && t->out_type == QC_OUT_U8 && t->post_add == NULL;
+}
 
 QC_AVX512_FN void qc_epi16_prep(qc_epi16 *e, const qc_task *t)
 {
@@ -52,7 +57,7 @@ QC_AVX512_FN void qc_epi16_prep(qc_epi16 *e, const qc_task *t)
     e->c = t->c;
     e->ldc = t->ldc;
     e->r = NULL;
-    e->packed64 = t->mode == QC_REQUANT_FP32 && t->out_type == QC_OUT_U8 && t->post_add == NULL;
+    e->packed64 = qc_packed64_ok(t);
     e->zo16 = _mm512_set1_epi16((int16_t)t->zo);
     e->lo8 = _mm512_set1_epi8((char)t->lo);
     e->hi8 = _mm512_set1_epi8((char)t->hi);

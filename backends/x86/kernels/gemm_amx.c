@@ -239,12 +239,9 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
     uint8_t atail[32 * 64] __attribute__((aligned(64)));
     int32_t cbuf[32 * NR] __attribute__((aligned(64)));
     int64_t rows[32];
-    QC_FN(ctx) x = {t, t->b + j * (t->kgroups * NR * 4), wtail, atail, cbuf, rows, 0, j, t->k / 64, (int)(t->k % 64)};
-    {
-        qc_epi16 e;
-        qc_epi16_prep(&e, t);
-        x.wide = e.packed64 && t->n - j * NR >= NR;
-    }
+    const int wide = qc_packed64_ok(t) && t->n - j * NR >= NR;
+    QC_FN(ctx) x = {t, t->b + j * (t->kgroups * NR * 4), wtail, atail, cbuf, rows, wide, j, t->k / 64,
+                    (int)(t->k % 64)};
     if (x.ktail) {
         const int64_t g0 = x.kfull * 16, ng = t->kgroups - g0;   /* groups in the tail block */
         memcpy(wtail, x.panel + g0 * NR * 4, (size_t)(ng * NR * 4));

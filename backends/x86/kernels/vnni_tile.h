@@ -68,8 +68,9 @@ QC_FN(QC_TILE_NAME)(const int mr, const qc_task *t, const uint8_t *a, const uint
 #pragma GCC unroll 16
     for (int i = 0; i < mr; i++) {
 #ifdef QC_VSTORE_OUT64
+        /* (the indices stay inside the narrower tiles' rows, where this branch is dead code) */
         if (QC_TILE_NV == 4 && nvalid >= 4 * QC_LANES && e.packed64) {
-            QC_VSTORE_OUT64(&e, acc[i][0], acc[i][QC_TILE_NV > 1], acc[i][QC_TILE_NV > 2 ? 2 : 0],
+            QC_VSTORE_OUT64(&e, acc[i][0], acc[i][QC_TILE_NV > 1 ? 1 : 0], acc[i][QC_TILE_NV > 2 ? 2 : 0],
                             acc[i][QC_TILE_NV > 3 ? 3 : 0], row0 + i, n0);
             continue;
         }
