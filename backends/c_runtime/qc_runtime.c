@@ -119,7 +119,7 @@ static void qc_quantize_chunk(const void *ctx, int64_t chunk, int slot)
 
 /* Quantize straight into the space-to-depth layout of a strided convolution's input: output
  * [n, oh, ow, (dy, dx, ch)] of the window g (kh = kw = sh = sw = s, padding ph / pw filled
- * with the zero point), so an RGB stem needs no separate pass. chunk = b * oh + Y. */
+ * with the zero point), so an RGB stem needs no separate pass. One call per output row b * oh + Y. */
 #define QC_S2D_MAX_ROW 16384
 typedef struct {
     const float *x;
