@@ -319,9 +319,10 @@ def test_shifted_view_convolutions_bit_exact(k, pad, channels, mode, monkeypatch
     reads would pass its end), rows on the border are dropped, and the residual add is fused.
     12 channels: one K block per kernel row (kw * 12 <= 64 bytes, zero weights after)."""
     from qcompiler.backends.x86 import backend, choose_isa
-    if choose_isa() != "amx":
-        pytest.skip("shifted-view convolutions run on AMX only")
-    monkeypatch.setattr(backend, "SHIFTED_MAX_PADDING", 100.0)
+    isa = choose_isa()
+    if isa not in backend.SHIFTED_LIMITS:
+        pytest.skip(f"shifted-view convolutions run on {' and '.join(backend.SHIFTED_LIMITS)} only")
+    monkeypatch.setitem(backend.SHIFTED_LIMITS, isa, backend.ShiftedLimit(max_padding=100.0, thin=True))
     monkeypatch.setattr(backend, "CONV_BLOCK_BYTES", 16 << 10)     # 4-8 blocks a thread
     torch.manual_seed(3)
     x = torch.randn(3, channels, 13, 11)

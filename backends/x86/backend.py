@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.fx as fx
@@ -51,10 +51,22 @@ AMX_MIN_DEPTH = 128
 CONV_BLOCKED_MIN_BYTES = 256 << 10
 CONV_BLOCKED_ROWS_PER_COLUMN = 4
 CONV_BLOCK_BYTES = 256 << 10
-#: shifted-view convolutions compute the padded image's border rows too: at most this share more
-#: (3x3, batch 8, against blocked im2col: 1.4x faster at 56x56 (7 % more rows), 1.2x at 28x28
-#: (15 %), even at 14x14 (31 %), 0.8x at 7x7 (65 %))
-SHIFTED_MAX_PADDING = 1.2
+class ShiftedLimit(NamedTuple):
+    """Where a kernel's shifted-view convolution (qc_gemm_shifted_<isa>) beats blocked im2col.
+    It computes the padded image's border rows too: ``max_padding`` bounds their share
+    ((oh + kh - 1) * (ow + kw - 1) / (oh * ow)); ``thin`` says whether thin inputs (a kernel row
+    of taps in one 64-byte K block: space-to-depth stems) win as well."""
+    max_padding: float
+    thin: bool
+
+
+#: per kernel with a shifted-view entry, measured on ResNet-18 batch 8 against blocked im2col.
+#: AMX (Sapphire Rapids): 1.4x faster at 56x56 (7 % more rows), 1.2x at 28x28 (15 %), even at
+#: 14x14 (31 %), 0.8x at 7x7 (65 %); the thin stem wins too. AVX-512 VNNI (Zen 5): 1.06x at
+#: 56x56, but 0.9x at 28x28 and 0.96x on the thin stem (its im2col rows are reused from L1 by
+#: the register tile; the shifted view re-reads unaligned, border-wasting rows)
+SHIFTED_LIMITS = {"amx": ShiftedLimit(max_padding=1.2, thin=True),
+                  "avx512vnni": ShiftedLimit(max_padding=1.1, thin=False)}
 
 
 def choose_isa(features: Optional[frozenset] = None) -> str:
@@ -112,15 +124,16 @@ class X86Gemm(GemmLowering):
     def emit_conv(self, em: Lowering, *, x, geom, window, c0, cg, pad, m, k, groups, c, ldc, weight, bias,
                   a_zero_point, requant: RequantArrays, add=None):
         """Stride-1 convolutions over whole 64-channel blocks, or thin ones (a kernel row of taps
-        in 64 bytes: space-to-depth stems), on AMX: shifted views of the padded input, no im2col
-        (qc_rt_conv_shifted), where padding rows cost little; other large ones
+        in 64 bytes: space-to-depth stems), on AMX and AVX-512 VNNI: shifted views of the padded
+        input, no im2col (qc_rt_conv_shifted), where SHIFTED_LIMITS says they win; other large ones
         blocked (qc_rt_conv_gemm): im2col of CONV_BLOCK_BYTES of rows, then its GEMM, where the
         im2col matrix would not stay in cache and there are rows enough for every thread."""
         n = weight.shape[0]
         nb, h, w, cin, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw = window
-        if (self.isa == "amx" and groups == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and kh * kw > 1
-                and (cg % 64 == 0 or kw * cg <= 64)
-                and (oh + kh - 1) * (ow + kw - 1) <= SHIFTED_MAX_PADDING * oh * ow):
+        shifted = SHIFTED_LIMITS.get(self.isa)
+        if (shifted and groups == 1 and (sh, sw, dh, dw) == (1, 1, 1, 1) and kh * kw > 1
+                and (cg % 64 == 0 or (shifted.thin and kw * cg <= 64))
+                and (oh + kh - 1) * (ow + kw - 1) <= shifted.max_padding * oh * ow):
             if cg % 64:
                 # thin input (a space-to-depth stem): one 64-k block per kernel row, its kw * cg
                 # taps then zeros (the view reads a few bytes past them, which meet the zeros)
@@ -130,7 +143,7 @@ class X86Gemm(GemmLowering):
             return ([f"rc = qc_rt_conv_shifted({self.isa_id}, {x}, {geom}, {pad}, {n}, "
                      f"{self._pack(em, weight, bias, a_zero_point, requant)}, {c}, {ldc}, {add or 'NULL'}, "
                      f"{CONV_BLOCK_BYTES}, threads);",
-                     "if (rc) return rc;"], "AMX on shifted views of the padded input", [])
+                     "if (rc) return rc;"], f"{self.isa} on shifted views of the padded input", [])
         if m * k < CONV_BLOCKED_MIN_BYTES or m < CONV_BLOCKED_ROWS_PER_COLUMN * n:
             return None
         isa_id = self.isa_id if (self.isa == "amx" and k >= 64) else self.call_isa_id(n, k)

@@ -333,32 +333,14 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
     return QC_FN(run)(&t, qc_threads(p));
 }
 
-/* The GEMM over shifted views of one buffer: A's 64-k block kb of row r is the 64 bytes at
- * a + koff[kb] + r * lda (a_bytes readable from a), K a multiple of 64; output row r goes
- * to row map(base + r) of C (qc_map_rows: plane / wp / oh / ow) or nowhere. A stride-1 convolution
- * over a padded NHWC image is this with lda = channels and koff = (ky * wp + kx) * channels +
- * 64 c: no im2col. Every offset is checked against a_bytes before any load. */
+/* the GEMM over shifted views (qc_shifted_task_init): a stride-1 convolution without im2col */
 QC_EXPORT int QC_FN(qc_gemm_shifted)(const qc_gemm_args *p, const int64_t *koff, int64_t a_bytes,
                                      int64_t base, int64_t plane, int64_t wp, int64_t oh, int64_t ow)
 {
-    if (p == NULL || koff == NULL) return QC_ERR_NULL;
-    if (p->struct_size != sizeof(qc_gemm_args)) return QC_ERR_ABI;
-    if (p->k <= 0 || p->k % 64 != 0 || p->m <= 0 || p->lda <= 0 || a_bytes <= 0) return QC_ERR_SIZE;
-    qc_gemm_args whole = *p;             /* everything but A's shape, as a plain GEMM checks it */
-    whole.lda = p->k;
-    whole.a_cols = 0;
-    int err = qc_validate(&whole, NR, KR, ELEM);
-    if (err != QC_OK) return err;
-    for (int64_t kb = 0; kb < p->k / 64; kb++)
-        if (koff[kb] < 0 || koff[kb] + (p->m - 1) * p->lda + 64 > a_bytes) return QC_ERR_STRIDE;
-    if (wp < 0 || base < 0 || (wp > 0 && (ow <= 0 || ow > wp || oh <= 0 || plane < oh * wp))) return QC_ERR_SIZE;
-    if (wp > 0 && (base + p->m - 1) / plane * oh * ow + oh * ow > INT32_MAX) return QC_ERR_SIZE;
-    if (!QC_FN(cpu_ok)()) return QC_ERR_ISA;
     qc_task t;
-    qc_task_init(&t, p);
-    t.a_cols = p->k;                     /* no K tail: the views are read in place */
-    t.koff = koff;
-    t.map_base = base; t.map_plane = plane; t.map_wp = wp; t.map_oh = oh; t.map_ow = ow;
+    const int err = qc_shifted_task_init(&t, p, NR, KR, ELEM, koff, a_bytes, base, plane, wp, oh, ow);
+    if (err != QC_OK) return err;
+    if (!QC_FN(cpu_ok)()) return QC_ERR_ISA;
     return QC_FN(run)(&t, qc_threads(p));
 }
 

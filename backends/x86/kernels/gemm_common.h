@@ -126,7 +126,7 @@ typedef struct qc_task {
     float out_scale;
     uint8_t *c;
     int64_t ldc;
-    /* shifted views (AMX convolutions without im2col, qc_gemm_amx_shifted): A's 64-k block kb
+    /* shifted views (convolutions without im2col, qc_gemm_shifted_<isa>): A's 64-k block kb
      * starts at a + koff[kb] (NULL: at a + 64 kb); output row r is row map(r) of C, or none */
     const qc_post_add *post_add;
     const int64_t *koff;
@@ -256,6 +256,34 @@ static void qc_task_init(qc_task *t, const qc_gemm_args *p)
     t->c = (uint8_t *)p->c;
     t->ldc = p->ldc;
     t->post_add = p->post_add;
+}
+
+/* The GEMM over shifted views of one buffer (qc_gemm_shifted_<isa>): A's 64-k block kb of row r
+ * is the 64 bytes at a + koff[kb] + r * lda (a_bytes readable from a), K a multiple of 64;
+ * output row r goes to row map(base + r) of C (qc_map_rows: plane / wp / oh / ow) or nowhere.
+ * A stride-1 convolution over a padded NHWC image is this with lda = channels and koff =
+ * (ky * wp + kx) * channels + 64 c: no im2col. Validates everything (every offset against
+ * a_bytes before any load), then sets up the task. */
+static int qc_shifted_task_init(qc_task *t, const qc_gemm_args *p, int nr, int kr, int elem, const int64_t *koff,
+                                int64_t a_bytes, int64_t base, int64_t plane, int64_t wp, int64_t oh, int64_t ow)
+{
+    if (p == NULL || koff == NULL) return QC_ERR_NULL;
+    if (p->struct_size != sizeof(qc_gemm_args)) return QC_ERR_ABI;
+    if (p->k <= 0 || p->k % 64 != 0 || p->m <= 0 || p->lda <= 0 || a_bytes <= 0) return QC_ERR_SIZE;
+    qc_gemm_args whole = *p;             /* everything but A's shape, as a plain GEMM checks it */
+    whole.lda = p->k;
+    whole.a_cols = 0;
+    int err = qc_validate(&whole, nr, kr, elem);
+    if (err != QC_OK) return err;
+    for (int64_t kb = 0; kb < p->k / 64; kb++)
+        if (koff[kb] < 0 || koff[kb] + (p->m - 1) * p->lda + 64 > a_bytes) return QC_ERR_STRIDE;
+    if (wp < 0 || base < 0 || (wp > 0 && (ow <= 0 || ow > wp || oh <= 0 || plane < oh * wp))) return QC_ERR_SIZE;
+    if (wp > 0 && (base + p->m - 1) / plane * oh * ow + oh * ow > INT32_MAX) return QC_ERR_SIZE;
+    qc_task_init(t, p);
+    t->a_cols = p->k;                    /* no K tail: the views are read in place */
+    t->koff = koff;
+    t->map_base = base; t->map_plane = plane; t->map_wp = wp; t->map_oh = oh; t->map_ow = ow;
+    return QC_OK;
 }
 
 /* ------------------------------------------------------------------------------------ */

@@ -86,7 +86,7 @@ static int QC_FN(run)(qc_task *t, int nt)
 {
     t->kgroups = qc_ceil_div(t->k, KR);
     int64_t kc = KC > 0 ? ((int64_t)KC / KR) * KR : t->k;
-    if (kc <= 0 || kc >= t->k) kc = t->k;
+    if (kc <= 0 || kc >= t->k || t->koff) kc = t->k;     /* a shifted view's offsets index all of K */
     t->kc = kc;
     const int64_t mtiles = qc_ceil_div(t->m, MR);
     t->panels = qc_ceil_div(t->n, NR);

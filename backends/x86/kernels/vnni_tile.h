@@ -27,22 +27,27 @@ QC_FN(QC_TILE_NAME)(const int mr, const qc_task *t, const uint8_t *a, const uint
 #pragma GCC unroll 16
         for (int v = 0; v < QC_TILE_NV; v++)
             acc[i][v] = first ? QC_VLOAD(t->bias + n0 + QC_LANES * v) : QC_VLOAD(scr + i * NR + QC_LANES * v);
-    const uint8_t *ap = a;
-    for (int64_t g = 0; g < groups; g++) {
-        QC_VEC bv[QC_TILE_NV];
+    /* K in blocks of 16 groups (64 bytes): a shifted view (t->koff) starts each block elsewhere */
+    for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+        const uint8_t *ap = t->koff ? a + t->koff[g0 / 16] : a + 4 * g0;
+        const int64_t g1 = g0 + 16 < groups ? g0 + 16 : groups;
+        for (int64_t g = g0; g < g1; g++) {
+            QC_VEC bv[QC_TILE_NV];
 #pragma GCC unroll 16
-        for (int v = 0; v < QC_TILE_NV; v++) bv[v] = QC_VLOAD(b + 4 * QC_LANES * v);
-        b += NR * 4;
+            for (int v = 0; v < QC_TILE_NV; v++) bv[v] = QC_VLOAD(b + 4 * QC_LANES * v);
+            b += NR * 4;
 #pragma GCC unroll 16
-        for (int i = 0; i < mr; i++) {
-            int32_t x;
-            memcpy(&x, ap + i * lda, 4);
-            const QC_VEC av = QC_VSET1(x);
+            for (int i = 0; i < mr; i++) {
+                int32_t x;
+                memcpy(&x, ap + i * lda, 4);
+                const QC_VEC av = QC_VSET1(x);
 #pragma GCC unroll 16
-            for (int v = 0; v < QC_TILE_NV; v++) acc[i][v] = QC_DPBUSD(acc[i][v], av, bv[v]);
+                for (int v = 0; v < QC_TILE_NV; v++) acc[i][v] = QC_DPBUSD(acc[i][v], av, bv[v]);
+            }
+            ap += 4;
         }
-        ap += 4;
     }
+    const uint8_t *ap = a + 4 * groups;       /* the K tail (plain A only: views have K % 64 == 0) */
     if (rem) {
         QC_VEC bv[QC_TILE_NV];
 #pragma GCC unroll 16
@@ -65,13 +70,16 @@ QC_FN(QC_TILE_NAME)(const int mr, const qc_task *t, const uint8_t *a, const uint
     /* the epilogue's parameters in a local (see qc_epi16), prepared once for the tile */
     QC_EPI_T e;
     QC_EPI_PREP(&e, t);
+    int64_t rows[QC_TILE_MR];                 /* output row of each tile row (-1: a view's border) */
+    qc_map_rows(t, row0, mr, rows);
 #pragma GCC unroll 16
     for (int i = 0; i < mr; i++) {
+        if (rows[i] < 0) continue;
 #ifdef QC_VSTORE_OUT64
         /* (the indices stay inside the narrower tiles' rows, where this branch is dead code) */
         if (QC_TILE_NV == 4 && nvalid >= 4 * QC_LANES && e.packed64) {
             QC_VSTORE_OUT64(&e, acc[i][0], acc[i][QC_TILE_NV > 1 ? 1 : 0], acc[i][QC_TILE_NV > 2 ? 2 : 0],
-                            acc[i][QC_TILE_NV > 3 ? 3 : 0], row0 + i, n0);
+                            acc[i][QC_TILE_NV > 3 ? 3 : 0], rows[i], n0);
             continue;
         }
 #endif
@@ -79,7 +87,7 @@ QC_FN(QC_TILE_NAME)(const int mr, const qc_task *t, const uint8_t *a, const uint
         for (int v = 0; v < QC_TILE_NV; v++) {
             const int64_t cnt = nvalid - QC_LANES * v;
             if (cnt > 0)
-                QC_VSTORE_OUT(&e, acc[i][v], row0 + i, n0 + QC_LANES * v, cnt >= QC_LANES ? QC_LANES : (int)cnt);
+                QC_VSTORE_OUT(&e, acc[i][v], rows[i], n0 + QC_LANES * v, cnt >= QC_LANES ? QC_LANES : (int)cnt);
         }
     }
 }

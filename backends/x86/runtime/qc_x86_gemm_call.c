@@ -235,9 +235,13 @@ static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
     }
     const int err = p.isa == QC_ISA_AMX
         ? qc_gemm_shifted_amx(&p, j->koff, a_bytes, r0, j->plane, j->wp, j->oh, j->ow)
+        : p.isa == QC_ISA_AVX512VNNI
+        ? qc_gemm_shifted_avx512vnni(&p, j->koff, a_bytes, r0, j->plane, j->wp, j->oh, j->ow)
 #ifndef QC_NO_EMULATION
         : p.isa == QC_ISA_AMX_EMU
         ? qc_gemm_shifted_amx_emu(&p, j->koff, a_bytes, r0, j->plane, j->wp, j->oh, j->ow)
+        : p.isa == QC_ISA_AVX512VNNI_EMU
+        ? qc_gemm_shifted_avx512vnni_emu(&p, j->koff, a_bytes, r0, j->plane, j->wp, j->oh, j->ow)
 #endif
         : QC_ERR_ISA;
     if (err != 0) qc_shifted_fail(j, err);
