@@ -245,7 +245,9 @@ def test_fp32_requant_rounds_half_to_even(isa, out_dtype, zo):
 @pytest.mark.parametrize("isa", ISAS)
 def test_threads_and_partitions_agree(isa):
     gen = _gen(5)
-    for m, n, k in ((97, 300, 77), (150, 5, 64), (3, 1000, 40)):   # split N, split M, few rows
+    # split N, split M, few rows, and chunks of whole output rows (150 int32 = 600 bytes: rows
+    # share cache lines, 3 panels)
+    for m, n, k in ((97, 300, 77), (150, 5, 64), (3, 1000, 40), (333, 150, 24)):
         a = _randint(0, 255, (m, k), torch.uint8, gen)
         w = _randint(-128, 127, (n, k), torch.int8, gen)
         packed = g.pack_weights(w, None, 9, isa)

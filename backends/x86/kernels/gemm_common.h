@@ -117,7 +117,8 @@ typedef struct qc_task {
     int64_t mc, kc;            /* cache blocking: rows per M block, K per K block */
     int32_t *scratch;          /* per-thread-slot int32 partial sums when K is blocked */
     int64_t scratch_per_slot;
-    int64_t panels, tiles_per_block;  /* work chunks: (M block, N panel) pairs */
+    int64_t panels, tiles_per_block;  /* work chunks: (M block, run of N panels) pairs */
+    int64_t panels_per_chunk;
     int32_t mode, out_type;
     const int32_t *bias;
     const float *mult;

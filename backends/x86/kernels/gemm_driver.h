@@ -11,8 +11,8 @@
  *                starting from the bias (first) or the scratch partial sums, ending with
  *                the epilogue (last) or a store of the partial sums to scratch.
  *
- * Work is cut into chunks, one (M block, N panel) pair each, claimed dynamically by the
- * threads of the pool (thread_pool.h). Within a chunk: K blocks > M tiles, so a K block of
+ * Work is cut into chunks, one (M block, run of N panels) pair each, claimed dynamically by
+ * the threads of the pool (thread_pool.h). Within a chunk: K blocks > M tiles, so a K block of
  * the panel (KC x NR elements) stays in L1 while every tile of the M block streams past
  * it. Nothing is shared but read-only inputs, each output element is written by exactly
  * one chunk, and partial sums between K blocks live in the claiming thread's scratch.
@@ -42,13 +42,14 @@ QC_DEFINE_TILE_ANY(tile_n16_any, tile_n16, QC_NARROW_MR)
 #undef QC_DEFINE_TILE_ANY
 #undef QC_TILE_CASE
 
-/* one chunk of work: N panel j of M block ib (tiles ib*tpb .. ), on thread slot `slot` */
-static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
+/* chunks take every panel of their M block up to this many panels (see run) */
+#ifndef QC_WHOLE_ROW_PANELS
+#define QC_WHOLE_ROW_PANELS 4
+#endif
+
+/* one N panel j of the M tiles ib .. ie-1, on thread slot `slot` */
+static void QC_FN(panel)(const qc_task *t, int64_t ib, int64_t ie, int64_t j, int slot)
 {
-    const qc_task *t = (const qc_task *)vt;
-    const int64_t mtiles = qc_ceil_div(t->m, MR);
-    const int64_t ib = (c / t->panels) * t->tiles_per_block, j = c % t->panels;
-    const int64_t ie = qc_min64(ib + t->tiles_per_block, mtiles);
     int32_t *scr = t->scratch ? t->scratch + (int64_t)slot * t->scratch_per_slot : NULL;
     const uint8_t *bp = t->b + j * (t->kgroups * NR * KR * ELEM);
 #ifdef QC_NARROW_MR
@@ -78,10 +79,25 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
     }
 }
 
+/* one chunk of work: the panels_per_chunk N panels from j0 of M block ib (tiles ib*tpb ..) */
+static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
+{
+    const qc_task *t = (const qc_task *)vt;
+    const int64_t runs = qc_ceil_div(t->panels, t->panels_per_chunk);
+    const int64_t ib = (c / runs) * t->tiles_per_block, j0 = (c % runs) * t->panels_per_chunk;
+    const int64_t ie = qc_min64(ib + t->tiles_per_block, qc_ceil_div(t->m, MR));
+    const int64_t j1 = qc_min64(j0 + t->panels_per_chunk, t->panels);
+    for (int64_t j = j0; j < j1; j++) QC_FN(panel)(t, ib, ie, j, slot);
+}
+
 /* sets the blocking and the chunking, allocates the K-blocking scratch, runs the chunks
  * on up to nt threads. Chunks: (M block, N panel) pairs, panels fastest (consecutive
- * chunks share an M block of A). M is cut into blocks of MC rows, or — with MC = 0 — into
- * as few blocks as give every thread about four chunks. */
+ * chunks share an M block of A) — or, where an output row is not a whole number of cache
+ * lines and there are few panels, (M block, every panel): each row is then written by one
+ * thread (MobileNetV2's 1x1 expansions to 96 and 144 channels, split by panel, wrote both
+ * halves of a shared cache line from two threads and took 0.9x the 1-thread time).
+ * M is cut into blocks of MC rows, or — with MC = 0 — into as few blocks as give every
+ * thread about four chunks. */
 static int QC_FN(run)(qc_task *t, int nt)
 {
     t->kgroups = qc_ceil_div(t->k, KR);
@@ -90,16 +106,20 @@ static int QC_FN(run)(qc_task *t, int nt)
     t->kc = kc;
     const int64_t mtiles = qc_ceil_div(t->m, MR);
     t->panels = qc_ceil_div(t->n, NR);
+    const int64_t elem = t->out_type == QC_OUT_U8 || t->out_type == QC_OUT_S8 ? 1 : 4;
+    const int lines_split = ((uintptr_t)t->c | (uintptr_t)(t->ldc * elem)) % 64 != 0;
+    t->panels_per_chunk = lines_split && t->panels <= QC_WHOLE_ROW_PANELS ? t->panels : 1;
+    const int64_t runs = qc_ceil_div(t->panels, t->panels_per_chunk);
     if (MC > 0) {
         t->tiles_per_block = MC / MR > 0 ? MC / MR : 1;
     } else {
         const int64_t want = 4 * (int64_t)nt;
-        const int64_t mblocks = t->panels >= want ? 1 : qc_ceil_div(want, t->panels);
+        const int64_t mblocks = runs >= want ? 1 : qc_ceil_div(want, runs);
         t->tiles_per_block = qc_ceil_div(mtiles, mblocks);
     }
     if (t->tiles_per_block > mtiles) t->tiles_per_block = mtiles;
     t->mc = t->tiles_per_block * MR;
-    const int64_t chunks = qc_ceil_div(mtiles, t->tiles_per_block) * t->panels;
+    const int64_t chunks = qc_ceil_div(mtiles, t->tiles_per_block) * runs;
     if (nt > chunks) nt = (int)chunks;
     t->scratch = NULL;
     if (kc < t->k) {
