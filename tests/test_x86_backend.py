@@ -296,6 +296,22 @@ def test_runtime_requant_matches_the_reference(mode, seed, zp, extreme):
     assert torch.equal(out.to(torch.int64), want)
 
 
+@pytest.mark.parametrize("space_to_depth", [True, False])
+@pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+@pytest.mark.parametrize("k, stride, pad, size", [(7, 2, 3, (45, 38)), (3, 2, 1, (33, 30)), (5, 2, 2, (29, 31))])
+def test_rgb_stems_with_and_without_space_to_depth(k, stride, pad, size, mode, space_to_depth, monkeypatch):
+    """A thin strided stem runs either after a space-to-depth (quantized straight into that
+    layout) or on its own input, as X86Gemm.space_to_depth_stems says per kernel; both exact."""
+    from qcompiler.backends.x86 import backend, choose_isa
+    monkeypatch.setattr(backend, "SPACE_TO_DEPTH_ISAS", (choose_isa(),) if space_to_depth else ())
+    torch.manual_seed(k)
+    x = torch.randn(3, 3, *size)
+    qm = quantized(nn.Sequential(nn.Conv2d(3, 24, k, stride, pad), nn.ReLU()), x, mode)
+    compiled = qcompiler.compile(qm, target="x86")
+    assert ("space-to-depth" in compiled.source) == space_to_depth
+    assert torch.equal(compiled(x), qm(x))
+
+
 class _ShiftedConv(nn.Module):
     """A stride-1 convolution; a residual add (fused on AMX) where the shape allows."""
 

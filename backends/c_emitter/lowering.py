@@ -191,6 +191,10 @@ class Lowering:
                        f"{stored(qp.qtype.qmax, out.signed)}, threads);"], writes=[out])
         self.values[node] = out
 
+    def _space_to_depth_plan(self, mod: QConv, cin: int, out_shape: tuple):
+        """The space-to-depth plan of a thin strided convolution, where the target wants it."""
+        return _space_to_depth_plan(mod, cin, out_shape) if self.gemm.space_to_depth_stems else None
+
     def _quantize_space_to_depth(self, node: fx.Node, mod: Quantize, src: fx.Node, shape: tuple) -> bool:
         """An input whose one consumer is a thin strided convolution (an RGB stem) is quantized
         straight into the space-to-depth layout that convolution reads (no separate pass)."""
@@ -200,7 +204,7 @@ class Lowering:
                 or isinstance(conv.padding, str):
             return False
         n, c, h, w = shape
-        plan = _space_to_depth_plan(conv, c, self.shape_of(users[0]))
+        plan = self._space_to_depth_plan(conv, c, self.shape_of(users[0]))
         if plan is None:
             return False
         s, _, _, h2, w2 = plan
@@ -311,12 +315,12 @@ class Lowering:
             self.values[node] = out
             return
         weight, lines, reads, note = mod.weight, [], [x], ""
-        plan = _space_to_depth_plan(mod, cin, shape)
+        plan = self._space_to_depth_plan(mod, cin, shape)
         if plan:
             # a thin strided input (an RGB stem): space-to-depth first, so the conv becomes
-            # stride 1 over s*s*cin channels (ResNet's 7x7 s2: 4x4 taps of 12 bytes, K = 192;
-            # im2col copies 4 rows of 48 bytes instead of 7 of 21, and AMX needs none: a kernel
-            # row of taps is one 64-byte K block of a shifted view);
+            # stride 1 over s*s*cin channels (ResNet's 7x7 s2: 4x4 taps of 12 bytes, K = 192
+            # rather than 147; AMX then needs no im2col: a kernel row of taps is one 64-byte K
+            # block of a shifted view);
             # done by the input's quantize step when this conv is its one consumer
             s, kqh, kqw, h, w = plan
             cin = s * s * cin
@@ -569,7 +573,7 @@ class Lowering:
 
 def _space_to_depth_plan(mod: QConv, cin: int, out_shape: tuple):
     """(s, kernel rows, kernel columns, h, w of the space-to-depth image) of a thin strided
-    convolution that runs as stride 1 over s*s*cin channels after space-to-depth (an RGB
+    convolution that can run as stride 1 over s*s*cin channels after space-to-depth (an RGB
     stem), else None."""
     (sh, sw), (dh, dw) = _pair(mod.stride), _pair(mod.dilation)
     o, cg, kh, kw = mod.weight.shape

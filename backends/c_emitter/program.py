@@ -86,6 +86,11 @@ class RequantArrays:
 class GemmLowering:
     """What a target supplies for C = requant(A · Wᵀ + bias): packing and the C call."""
 
+    #: run thin strided convolutions (RGB stems) as stride 1 over s*s*cin channels after a
+    #: space-to-depth of their input (fewer, longer rows of taps, but more K: 192 for
+    #: ResNet's 7x7 s2 instead of 147), rather than on their own input
+    space_to_depth_stems: bool = False
+
     def emit(self, em: "Lowering", *, a: str, lda: int, m: int, c: str, ldc: int, weight: torch.Tensor,
              bias: Optional[torch.Tensor], a_zero_point: int, requant: RequantArrays,
              add: Optional[str] = None) -> list[str]:
