@@ -49,6 +49,20 @@ def test_conv2d(target, groups, cpg, opg, k, stride, padding, act, mode, act_dty
 
 
 @pytest.mark.parametrize("target", TARGETS)
+@settings(max_examples=8)
+@given(cin=st.sampled_from([1, 3, 8]), dilation=st.sampled_from([(1, 2), (2, 1), (2, 2), (3, 1)]),
+       k=st.sampled_from([(3, 3), (5, 2), (2, 5)]), stride=st.integers(1, 2), padding=st.integers(0, 3),
+       groups=st.sampled_from([1, 2]), mode=modes, seed=st.integers(0, 2**16))
+def test_dilated_conv2d(target, cin, dilation, k, stride, padding, groups, mode, seed):
+    """Dilation in either direction, windows crossing every border (im2col's tap-by-tap and
+    run-per-kernel-row border paths), grouped or not."""
+    torch.manual_seed(seed)
+    cin = cin * groups
+    model = nn.Sequential(nn.Conv2d(cin, 4 * groups, k, stride, padding, dilation, groups))
+    assert_bit_exact(model, torch.randn(2, cin, 16, 15), target, mode)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
 @pytest.mark.parametrize("cin, cout, k, stride, padding, shape", [
     (3, 24, 7, 2, 3, (3, 115, 101)),     # an RGB stem: big enough for a target to block its rows

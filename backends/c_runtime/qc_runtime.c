@@ -268,10 +268,28 @@ static inline void qc_copy_bytes(uint8_t *restrict dst, const uint8_t *restrict 
 }
 
 /* the taps of one im2col row whose window crosses the input's border (or dilated, or a
- * channel slice): tap by tap, padded taps filled with `pad` */
+ * channel slice), padded taps filled with `pad`: undilated over all channels, the taps of a
+ * kernel row inside the input are one run of bytes (one copy, not one per tap: a 3-channel
+ * stem's border rows took as long as all its inside rows tap by tap); else tap by tap */
 static void qc_im2col_row_taps(const uint8_t *x, uint8_t *row, const qc_window *g, int64_t c0, int64_t cg,
                                uint8_t pad, int64_t b, int64_t oy, int64_t ox)
 {
+    if (cg == g->c && g->dw == 1) {
+        const int64_t ix0 = ox * g->sw - g->pw;
+        const int64_t t0 = ix0 < 0 ? -ix0 : 0;                              /* first tap inside */
+        const int64_t t1 = ix0 + g->kw > g->w ? g->w - ix0 : g->kw;         /* past the last one */
+        for (int32_t i = 0; i < g->kh; i++, row += (int64_t)g->kw * cg) {
+            const int64_t iy = oy * g->sh - g->ph + (int64_t)i * g->dh;
+            if (iy < 0 || iy >= g->h || t0 >= t1) {
+                memset(row, pad, (size_t)(g->kw * cg));
+                continue;
+            }
+            memset(row, pad, (size_t)(t0 * cg));
+            qc_copy_bytes(row + t0 * cg, x + ((b * g->h + iy) * g->w + ix0 + t0) * g->c, (t1 - t0) * cg);
+            memset(row + t1 * cg, pad, (size_t)((g->kw - t1) * cg));
+        }
+        return;
+    }
     for (int32_t i = 0; i < g->kh; i++) {
         const int64_t iy = oy * g->sh - g->ph + (int64_t)i * g->dh;
         for (int32_t t = 0; t < g->kw; t++, row += cg) {
