@@ -42,9 +42,9 @@ QC_DEFINE_TILE_ANY(tile_n16_any, tile_n16, QC_NARROW_MR)
 #undef QC_DEFINE_TILE_ANY
 #undef QC_TILE_CASE
 
-/* chunks take every panel of their M block up to this many panels (see run) */
-#ifndef QC_WHOLE_ROW_PANELS
-#define QC_WHOLE_ROW_PANELS 4
+/* chunks take every panel of their M block for outputs up to this many columns (see run) */
+#ifndef QC_WHOLE_ROW_COLUMNS
+#define QC_WHOLE_ROW_COLUMNS 256
 #endif
 
 /* one N panel j of the M tiles ib .. ie-1, on thread slot `slot` */
@@ -93,7 +93,7 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
 /* sets the blocking and the chunking, allocates the K-blocking scratch, runs the chunks
  * on up to nt threads. Chunks: (M block, N panel) pairs, panels fastest (consecutive
  * chunks share an M block of A) — or, where an output row is not a whole number of cache
- * lines and there are few panels, (M block, every panel): each row is then written by one
+ * lines and is short, (M block, every panel): each row is then written by one
  * thread (MobileNetV2's 1x1 expansions to 96 and 144 channels, split by panel, wrote both
  * halves of a shared cache line from two threads and took 0.9x the 1-thread time).
  * M is cut into blocks of MC rows, or — with MC = 0 — into as few blocks as give every
@@ -108,7 +108,7 @@ static int QC_FN(run)(qc_task *t, int nt)
     t->panels = qc_ceil_div(t->n, NR);
     const int64_t elem = t->out_type == QC_OUT_U8 || t->out_type == QC_OUT_S8 ? 1 : 4;
     const int lines_split = ((uintptr_t)t->c | (uintptr_t)(t->ldc * elem)) % 64 != 0;
-    t->panels_per_chunk = lines_split && t->panels <= QC_WHOLE_ROW_PANELS ? t->panels : 1;
+    t->panels_per_chunk = lines_split && t->n <= QC_WHOLE_ROW_COLUMNS ? t->panels : 1;
     const int64_t runs = qc_ceil_div(t->panels, t->panels_per_chunk);
     if (MC > 0) {
         t->tiles_per_block = MC / MR > 0 ? MC / MR : 1;
