@@ -229,12 +229,9 @@ QC_FN(pass)(const QC_FN(ctx) *x, const int two, const uint8_t *a, int mr, int ha
     if (last && !x->wide) QC_FN(epilogue)(x, mr, 32 * half, 32);
 }
 
-static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
+/* N panel j of the M tiles ib .. ie-1, on thread slot `slot` */
+static void QC_FN(panel)(const qc_task *t, int64_t ib, int64_t ie, int64_t j, int slot)
 {
-    const qc_task *t = (const qc_task *)vt;
-    const int64_t mtiles = qc_ceil_div(t->m, MR);
-    const int64_t ib = (c / t->panels) * t->tiles_per_block, j = c % t->panels;
-    const int64_t ie = qc_min64(ib + t->tiles_per_block, mtiles);
     uint8_t wtail[16 * NR * 4] __attribute__((aligned(64)));
     uint8_t atail[32 * 64] __attribute__((aligned(64)));
     int32_t cbuf[32 * NR] __attribute__((aligned(64)));
@@ -283,22 +280,20 @@ static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
     QC_TILE_RELEASE();
 }
 
+/* one chunk of work: its M tiles x its N panels (qc_chunk_range) */
+static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
+{
+    const qc_task *t = (const qc_task *)vt;
+    int64_t ib, ie, j0, j1;
+    qc_chunk_range(t, c, MR, &ib, &ie, &j0, &j1);
+    for (int64_t j = j0; j < j1; j++) QC_FN(panel)(t, ib, ie, j, slot);
+}
+
 static int QC_FN(run)(qc_task *t, int nt)
 {
     t->kgroups = qc_ceil_div(t->k, KR);
     t->kc = t->k;
-    const int64_t mtiles = qc_ceil_div(t->m, MR);
-    t->panels = qc_ceil_div(t->n, NR);
-    if (MC > 0) {
-        t->tiles_per_block = MC / MR > 0 ? MC / MR : 1;
-    } else {
-        const int64_t want = 4 * (int64_t)nt;
-        const int64_t mblocks = t->panels >= want ? 1 : qc_ceil_div(want, t->panels);
-        t->tiles_per_block = qc_ceil_div(mtiles, mblocks);
-    }
-    if (t->tiles_per_block > mtiles) t->tiles_per_block = mtiles;
-    t->mc = t->tiles_per_block * MR;
-    const int64_t chunks = qc_ceil_div(mtiles, t->tiles_per_block) * t->panels;
+    const int64_t chunks = qc_plan_chunks(t, MR, NR, MC, nt);
     if (nt > chunks) nt = (int)chunks;
     t->scratch = NULL;
     if (KC >= 64 && KC / 64 < t->k / 64) {     /* K blocked: C partial sums per slot */

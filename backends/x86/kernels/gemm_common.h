@@ -163,6 +163,48 @@ static inline int qc_threads(const qc_gemm_args *p)
 static inline int64_t qc_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t qc_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* Work chunks of a GEMM, claimed dynamically by the pool's threads: (M block, N panel)
+ * pairs, panels fastest (consecutive chunks share an M block of A) — or, where an output
+ * row is not a whole number of cache lines and is short, (M block, every panel): each row
+ * is then written by one thread (MobileNetV2's 1x1 expansions to 96 and 144 channels, split
+ * by panel, wrote both halves of a shared cache line from two threads and took 0.9x the
+ * 1-thread time). M is cut into blocks of mc rows, or — with mc = 0 — into as few blocks as
+ * give every thread about four chunks. Sets t's chunking for tiles of mr rows and panels of
+ * nr columns; returns the number of chunks. */
+#ifndef QC_WHOLE_ROW_COLUMNS
+#define QC_WHOLE_ROW_COLUMNS 256     /* outputs up to this wide take whole rows per chunk */
+#endif
+static inline int64_t qc_plan_chunks(qc_task *t, int64_t mr, int64_t nr, int64_t mc, int nt)
+{
+    const int64_t mtiles = qc_ceil_div(t->m, mr);
+    t->panels = qc_ceil_div(t->n, nr);
+    const int64_t elem = t->out_type == QC_OUT_U8 || t->out_type == QC_OUT_S8 ? 1 : 4;
+    const int lines_split = ((uintptr_t)t->c | (uintptr_t)(t->ldc * elem)) % 64 != 0;
+    t->panels_per_chunk = lines_split && t->n <= QC_WHOLE_ROW_COLUMNS ? t->panels : 1;
+    const int64_t runs = qc_ceil_div(t->panels, t->panels_per_chunk);
+    if (mc > 0) {
+        t->tiles_per_block = mc / mr > 0 ? mc / mr : 1;
+    } else {
+        const int64_t want = 4 * (int64_t)nt;
+        const int64_t mblocks = runs >= want ? 1 : qc_ceil_div(want, runs);
+        t->tiles_per_block = qc_ceil_div(mtiles, mblocks);
+    }
+    if (t->tiles_per_block > mtiles) t->tiles_per_block = mtiles;
+    t->mc = t->tiles_per_block * mr;
+    return qc_ceil_div(mtiles, t->tiles_per_block) * runs;
+}
+
+/* chunk c's M tiles [*ib, *ie) and N panels [*j0, *j1) (see qc_plan_chunks) */
+static inline void qc_chunk_range(const qc_task *t, int64_t c, int64_t mr, int64_t *ib, int64_t *ie,
+                                  int64_t *j0, int64_t *j1)
+{
+    const int64_t runs = qc_ceil_div(t->panels, t->panels_per_chunk);
+    *ib = (c / runs) * t->tiles_per_block;
+    *ie = qc_min64(*ib + t->tiles_per_block, qc_ceil_div(t->m, mr));
+    *j0 = (c % runs) * t->panels_per_chunk;
+    *j1 = qc_min64(*j0 + t->panels_per_chunk, t->panels);
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* validation: everything is checked before any pointer is dereferenced                   */
 /* ------------------------------------------------------------------------------------ */

@@ -42,11 +42,6 @@ QC_DEFINE_TILE_ANY(tile_n16_any, tile_n16, QC_NARROW_MR)
 #undef QC_DEFINE_TILE_ANY
 #undef QC_TILE_CASE
 
-/* chunks take every panel of their M block for outputs up to this many columns (see run) */
-#ifndef QC_WHOLE_ROW_COLUMNS
-#define QC_WHOLE_ROW_COLUMNS 256
-#endif
-
 /* one N panel j of the M tiles ib .. ie-1, on thread slot `slot` */
 static void QC_FN(panel)(const qc_task *t, int64_t ib, int64_t ie, int64_t j, int slot)
 {
@@ -79,47 +74,24 @@ static void QC_FN(panel)(const qc_task *t, int64_t ib, int64_t ie, int64_t j, in
     }
 }
 
-/* one chunk of work: the panels_per_chunk N panels from j0 of M block ib (tiles ib*tpb ..) */
+/* one chunk of work: its M tiles x its N panels (qc_chunk_range) */
 static void QC_FN(chunk)(const void *vt, int64_t c, int slot)
 {
     const qc_task *t = (const qc_task *)vt;
-    const int64_t runs = qc_ceil_div(t->panels, t->panels_per_chunk);
-    const int64_t ib = (c / runs) * t->tiles_per_block, j0 = (c % runs) * t->panels_per_chunk;
-    const int64_t ie = qc_min64(ib + t->tiles_per_block, qc_ceil_div(t->m, MR));
-    const int64_t j1 = qc_min64(j0 + t->panels_per_chunk, t->panels);
+    int64_t ib, ie, j0, j1;
+    qc_chunk_range(t, c, MR, &ib, &ie, &j0, &j1);
     for (int64_t j = j0; j < j1; j++) QC_FN(panel)(t, ib, ie, j, slot);
 }
 
-/* sets the blocking and the chunking, allocates the K-blocking scratch, runs the chunks
- * on up to nt threads. Chunks: (M block, N panel) pairs, panels fastest (consecutive
- * chunks share an M block of A) — or, where an output row is not a whole number of cache
- * lines and is short, (M block, every panel): each row is then written by one
- * thread (MobileNetV2's 1x1 expansions to 96 and 144 channels, split by panel, wrote both
- * halves of a shared cache line from two threads and took 0.9x the 1-thread time).
- * M is cut into blocks of MC rows, or — with MC = 0 — into as few blocks as give every
- * thread about four chunks. */
+/* sets the blocking and the chunking (qc_plan_chunks), allocates the K-blocking scratch,
+ * runs the chunks on up to nt threads */
 static int QC_FN(run)(qc_task *t, int nt)
 {
     t->kgroups = qc_ceil_div(t->k, KR);
     int64_t kc = KC > 0 ? ((int64_t)KC / KR) * KR : t->k;
     if (kc <= 0 || kc >= t->k || t->koff) kc = t->k;     /* a shifted view's offsets index all of K */
     t->kc = kc;
-    const int64_t mtiles = qc_ceil_div(t->m, MR);
-    t->panels = qc_ceil_div(t->n, NR);
-    const int64_t elem = t->out_type == QC_OUT_U8 || t->out_type == QC_OUT_S8 ? 1 : 4;
-    const int lines_split = ((uintptr_t)t->c | (uintptr_t)(t->ldc * elem)) % 64 != 0;
-    t->panels_per_chunk = lines_split && t->n <= QC_WHOLE_ROW_COLUMNS ? t->panels : 1;
-    const int64_t runs = qc_ceil_div(t->panels, t->panels_per_chunk);
-    if (MC > 0) {
-        t->tiles_per_block = MC / MR > 0 ? MC / MR : 1;
-    } else {
-        const int64_t want = 4 * (int64_t)nt;
-        const int64_t mblocks = runs >= want ? 1 : qc_ceil_div(want, runs);
-        t->tiles_per_block = qc_ceil_div(mtiles, mblocks);
-    }
-    if (t->tiles_per_block > mtiles) t->tiles_per_block = mtiles;
-    t->mc = t->tiles_per_block * MR;
-    const int64_t chunks = qc_ceil_div(mtiles, t->tiles_per_block) * runs;
+    const int64_t chunks = qc_plan_chunks(t, MR, NR, MC, nt);
     if (nt > chunks) nt = (int)chunks;
     t->scratch = NULL;
     if (kc < t->k) {

@@ -70,7 +70,9 @@ QC_FN(QC_TILE_NAME)(const int mr, const qc_task *t, const uint8_t *a, const uint
     /* the epilogue's parameters in a local (see qc_epi16), prepared once for the tile */
     QC_EPI_T e;
     QC_EPI_PREP(&e, t);
-    int64_t rows[QC_TILE_MR];                 /* output row of each tile row (-1: a view's border) */
+    /* output row of each tile row (-1: a view's border); 12 = the most rows any tile_any case
+     * instantiates, its dead cases past QC_TILE_MR included */
+    int64_t rows[12];
     qc_map_rows(t, row0, mr, rows);
 #pragma GCC unroll 16
     for (int i = 0; i < mr; i++) {
