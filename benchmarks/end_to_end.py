@@ -6,8 +6,9 @@
 Paths: PyTorch fp32 eager (the baseline), PyTorch FX int8 (x86 engine), ONNX Runtime int8
 (static QDQ, per-channel, `quantize_static`), qcompiler on the reference interpreter, and
 every code-generating qcompiler target that is available here (e.g. ``x86``). Every path is
-calibrated on the same batches and timed in the same run (median of repeats, warm-up
-first, 2 threads each); the table gives each path's latency, its speed-up over fp32, and
+calibrated on the same batches and timed in the same run (2 threads each, warm-up first;
+the paths take turns over ``--rounds`` rounds and each reports the median of its per-round
+median latencies); the table gives each path's latency, its speed-up over fp32, and
 its output SQNR against the float model over EVAL_SAMPLES inputs (run in calls of the batch
 size; the timed input is the first of them). A qcompiler module that offers streams (batch-level
 parallelism, x86) times them first (``tune_streams``) and runs the fastest; the path's name says
@@ -139,6 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("--paths", nargs="+", default=["pytorch_fx_int8", "onnxruntime_int8", "qcompiler_reference"]
                    + [f"qcompiler_{t}" for t in targets])
     p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per path")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="interleaved rounds the budget is split into (the median round counts)")
     p.add_argument("--markdown", metavar="PATH")
     args = p.parse_args(argv)
     torch.set_num_threads(THREADS)
@@ -152,10 +155,16 @@ def main(argv=None) -> int:
             paths = build_paths(model, calib, x, args.paths)
             with torch.no_grad():
                 ref = model(samples)
+            # interleaved rounds: a burst of load from other tenants of this shared machine
+            # lands on every path alike instead of on whichever one was being timed
+            rounds: Dict[str, List[float]] = {path: [] for path in paths}
+            for _ in range(args.rounds):
+                for path, fn in paths.items():
+                    budget = args.budget if path != "qcompiler_reference" else min(args.budget, 1.0)
+                    rounds[path].append(median_latency_ms(fn, x, budget / args.rounds))
             base = None
             for path, fn in paths.items():
-                budget = args.budget if path != "qcompiler_reference" else min(args.budget, 1.0)
-                ms = median_latency_ms(fn, x, budget)
+                ms = statistics.median(rounds[path])
                 base = base or ms
                 with torch.no_grad():
                     out = torch.cat([fn(chunk).float() for chunk in samples.split(batch)])
