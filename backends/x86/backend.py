@@ -51,10 +51,13 @@ AMX_MIN_DEPTH = 128
 CONV_BLOCKED_MIN_BYTES = 256 << 10
 CONV_BLOCKED_ROWS_PER_COLUMN = 4
 CONV_BLOCK_BYTES = 256 << 10
+
+
 class ShiftedLimit(NamedTuple):
     """Where a kernel's shifted-view convolution (qc_gemm_shifted_<isa>) beats blocked im2col.
-    It computes the padded image's border rows too: ``max_padding`` bounds their share
-    ((oh + kh - 1) * (ow + kw - 1) / (oh * ow)); ``thin`` says whether thin inputs (a kernel row
+    The view is the padded image: ``max_padding`` bounds its share of rows that are not output
+    ((oh + kh - 1) * (ow + kw - 1) / (oh * ow); AMX computes and drops them, the VNNI tiles
+    skip them but run shorter along small images); ``thin`` says whether thin inputs (a kernel row
     of taps in one 64-byte K block: space-to-depth stems) win as well."""
     max_padding: float
     thin: bool
@@ -62,11 +65,11 @@ class ShiftedLimit(NamedTuple):
 
 #: per kernel with a shifted-view entry, measured on ResNet-18 batch 8 against blocked im2col.
 #: AMX (Sapphire Rapids): 1.4x faster at 56x56 (7 % more rows), 1.2x at 28x28 (15 %), even at
-#: 14x14 (31 %), 0.8x at 7x7 (65 %); the thin stem wins too. AVX-512 VNNI (Zen 5): 1.06x at
-#: 56x56, but 0.9x at 28x28 and 0.96x on the thin stem (its im2col rows are reused from L1 by
-#: the register tile; the shifted view re-reads unaligned, border-wasting rows)
+#: 14x14 (31 %), 0.8x at 7x7 (65 %); the thin stem wins too. AVX-512 VNNI (Zen 5), whose tiles
+#: skip the border rows (gemm_driver.h): 1.05-1.12x at 56x56, 1.0-1.05x at 28x28, a tie at
+#: 14x14, 0.92x at 7x7 (two tiles of 3-4 rows per image row, against 6-row tiles over im2col)
 SHIFTED_LIMITS = {"amx": ShiftedLimit(max_padding=1.2, thin=True),
-                  "avx512vnni": ShiftedLimit(max_padding=1.1, thin=False)}
+                  "avx512vnni": ShiftedLimit(max_padding=1.2, thin=False)}
 
 #: kernels whose RGB stems run after a space-to-depth (GemmLowering.space_to_depth_stems).
 #: AMX runs them on shifted views, no im2col (ResNet-18's, batch 8: 0.56x the time of blocked

@@ -61,6 +61,25 @@ static void QC_FN(panel)(const qc_task *t, int64_t ib, int64_t ie, int64_t j, in
         return;
     }
 #endif
+    if (t->map_wp > 0) {
+        /* a shifted view (K unblocked): tiles run along the image's output rows, from the
+         * first output column to the last, and skip the padded border's rows (the view's
+         * right columns and bottom rows) instead of computing and dropping them — 7 % of
+         * the rows at 56x56, 15 % at 28x28, 31 % at 14x14 (3x3) */
+        const int64_t r1 = qc_min64(ie * MR, t->m);
+        for (int64_t r = ib * MR; r < r1;) {
+            const int64_t rem = (r + t->map_base) % t->map_plane, y = rem / t->map_wp, x = rem % t->map_wp;
+            if (y >= t->map_oh) { r += t->map_plane - rem; continue; }   /* below the image */
+            if (x >= t->map_ow) { r += t->map_wp - x; continue; }        /* right of it */
+            /* the rest of the row in tiles of near-equal height (7 as 4 + 3, not 6 + 1: a one-row
+             * tile's few accumulators wait on the vpdpbusd latency) */
+            const int64_t left = t->map_ow - x, tiles = qc_ceil_div(left, MR);
+            const int mr = (int)qc_min64(qc_ceil_div(left, tiles), r1 - r);
+            QC_FN(tile_any)(mr, t, t->a + r * t->lda_bytes, bp, t->k / KR, 0, NULL, 1, 1, r, j * NR);
+            r += mr;
+        }
+        return;
+    }
     for (int64_t kb = 0; kb < t->k; kb += t->kc) {
         const int64_t kcur = qc_min64(t->kc, t->k - kb);
         const int first = kb == 0, last = kb + kcur >= t->k;
