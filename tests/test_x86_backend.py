@@ -202,11 +202,14 @@ def test_float_island_is_a_clear_compile_error():
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="build.sh uses gcc")
 def test_bundle_builds_with_plain_gcc(small, tmp_path):
-    """build.sh alone (no qcompiler) gives a library that computes the same bytes."""
+    """build.sh alone (no qcompiler) gives a library that computes the same bytes, and builds
+    without a compiler warning (-Wall): a user sees that output."""
     qm, x = small
     compiled = qcompiler.compile(qm, target="x86")
     bundle = compiled.save(tmp_path / "bundle")
-    subprocess.run(["sh", str(bundle / "build.sh")], check=True, capture_output=True, timeout=300)
+    built = subprocess.run(["sh", str(bundle / "build.sh")], check=True, capture_output=True, text=True,
+                           timeout=300)
+    assert "warning" not in built.stderr, built.stderr[:2000]
     lib = ctypes.CDLL(str(bundle / "libqc_model.so"))
     lib.qc_model_arena_bytes.restype = ctypes.c_int64
     weights = (bundle / "weights.bin").read_bytes()
