@@ -115,15 +115,7 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
 }
 
 /* the GEMM over shifted views (qc_shifted_task_init): a stride-1 convolution without im2col */
-QC_EXPORT int QC_FN(qc_gemm_shifted)(const qc_gemm_args *p, const int64_t *koff, int64_t a_bytes,
-                                     int64_t base, int64_t plane, int64_t wp, int64_t oh, int64_t ow)
-{
-    qc_task t;
-    const int err = qc_shifted_task_init(&t, p, NR, KR, ELEM, koff, a_bytes, base, plane, wp, oh, ow);
-    if (err != QC_OK) return err;
-    if (!QC_FN(cpu_ok)()) return QC_ERR_ISA;
-    return QC_FN(run)(&t, qc_threads(p));
-}
+QC_DEFINE_GEMM_SHIFTED
 
 /* the instruction itself (or its emulation) on nvec vectors, for the desc/impl tests */
 QC_EXPORT int QC_FN(qc_dpbusd512)(const int32_t *acc, const uint8_t *a, const int8_t *b,
@@ -149,12 +141,7 @@ QC_EXPORT int QC_FN(qc_gemm)(const qc_gemm_args *p)
     return err != QC_OK ? err : QC_ERR_ISA;
 }
 
-QC_EXPORT int QC_FN(qc_gemm_shifted)(const qc_gemm_args *p, const int64_t *koff, int64_t a_bytes,
-                                     int64_t base, int64_t plane, int64_t wp, int64_t oh, int64_t ow)
-{
-    (void)p; (void)koff; (void)a_bytes; (void)base; (void)plane; (void)wp; (void)oh; (void)ow;
-    return QC_ERR_ISA;
-}
+QC_DEFINE_GEMM_SHIFTED_UNSUPPORTED
 
 QC_EXPORT int QC_FN(qc_dpbusd512)(const int32_t *acc, const uint8_t *a, const int8_t *b,
                                   int32_t *out, int64_t nvec)

@@ -329,6 +329,28 @@ static int qc_shifted_task_init(qc_task *t, const qc_gemm_args *p, int nr, int k
     return QC_OK;
 }
 
+/* A kernel file's qc_gemm_shifted entry (those with a shifted-view driver: AVX-512 VNNI,
+ * AMX): expanded after the file's QC_FN, NR, KR, ELEM, cpu_ok and run; or, where the
+ * compiler cannot target the ISA, the entry that reports it */
+#define QC_SHIFTED_ENTRY_ARGS                                                                     \
+    const qc_gemm_args *p, const int64_t *koff, int64_t a_bytes, int64_t base, int64_t plane,     \
+    int64_t wp, int64_t oh, int64_t ow
+#define QC_DEFINE_GEMM_SHIFTED                                                                    \
+    QC_EXPORT int QC_FN(qc_gemm_shifted)(QC_SHIFTED_ENTRY_ARGS)                                   \
+    {                                                                                             \
+        qc_task t;                                                                                \
+        const int err = qc_shifted_task_init(&t, p, NR, KR, ELEM, koff, a_bytes, base, plane, wp, oh, ow); \
+        if (err != QC_OK) return err;                                                             \
+        if (!QC_FN(cpu_ok)()) return QC_ERR_ISA;                                                  \
+        return QC_FN(run)(&t, qc_threads(p));                                                     \
+    }
+#define QC_DEFINE_GEMM_SHIFTED_UNSUPPORTED                                                        \
+    QC_EXPORT int QC_FN(qc_gemm_shifted)(QC_SHIFTED_ENTRY_ARGS)                                   \
+    {                                                                                             \
+        (void)p; (void)koff; (void)a_bytes; (void)base; (void)plane; (void)wp; (void)oh; (void)ow; \
+        return QC_ERR_ISA;                                                                        \
+    }
+
 /* ------------------------------------------------------------------------------------ */
 /* scalar epilogue (the specification the vector epilogues are tested against)            */
 /* ------------------------------------------------------------------------------------ */
