@@ -19,19 +19,10 @@ from qcompiler.core.input_stats import ChannelMean
 from qcompiler.core.meta import GraphState, graph_info, node_info
 from qcompiler.core.observers import make_observer
 from qcompiler.core.op_table import (COMPUTE_OPS, SHARED_OPS, WEIGHTED_OPS, canonical_op,
-                                     is_tensor_binary, produces_tensor)
+                                     is_tensor_binary, produces_tensor, tensor_inputs)
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 from qcompiler.core.qconfig import QConfig
 from qcompiler.core.shapes import propagate_shapes
-
-
-def tensor_inputs(node: fx.Node, op: str) -> list:
-    """The activation inputs of a compute op, in argument order."""
-    if op == "cat":
-        return list(node.args[0]) if node.args else list(node.kwargs.get("tensors", ()))
-    if op in ("add", "mul"):
-        return list(node.args[:2])
-    return [node.args[0]]
 
 
 def _float_reason(node, op, modules, cfg, caps) -> Optional[str]:

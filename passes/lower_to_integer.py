@@ -22,10 +22,15 @@ from qcompiler.core.integer_ops import (AccumulatorOverflowError, IntegerOp, QAd
                                         QRequantize, Dequantize, Quantize, Requant,
                                         check_accumulator, real_multiplier)
 from qcompiler.core.meta import GraphState, graph_info, has_node_info, node_info
-from qcompiler.core.op_table import COMPUTE_OPS, SHARED_OPS, canonical_op, produces_tensor
+from qcompiler.core import lookup_ops, transformer_ops
+from qcompiler.core.op_table import COMPUTE_OPS, SHARED_OPS, canonical_op, produces_tensor, tensor_inputs
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 from qcompiler.core.qtypes import INT32, QParams
 from qcompiler.core.quantize import quantize
+
+#: op -> builder(gm, head, in_qps, out_qp, mode, act, layer, modules) -> IntegerOp, for the op
+#: families that live in their own core modules
+_BUILDERS = {**lookup_ops.BUILDERS, **transformer_ops.BUILDERS}
 
 _FUNCTIONAL_NAMES = {"conv1d_functional": "conv1d", "conv2d_functional": "conv2d",
                      "linear_functional": "linear"}
@@ -81,8 +86,7 @@ class LowerToInteger(Pass):
         op = _FUNCTIONAL_NAMES.get(op, op)
         if op not in COMPUTE_OPS:
             return None
-        inputs = head.args[0] if op == "cat" else ([head.args[0], head.args[1]] if op in ("add", "mul")
-                                                   else [head.args[0]])
+        inputs = tensor_inputs(head, op)
         dqs = [_module(gm, x, Dequantize) for x in inputs]
         if any(d is None for d in dqs):
             return None
@@ -105,6 +109,8 @@ class LowerToInteger(Pass):
         return op
 
     def _build(self, gm, op, head, in_qps, out_qp, mode, act, layer, modules) -> IntegerOp:
+        if op in _BUILDERS:
+            return _BUILDERS[op](gm, head, in_qps, out_qp, mode, act, layer, modules)
         if op in ("conv1d", "conv2d", "linear"):
             return self._build_weighted(gm, op, head, in_qps[0], out_qp, mode, act, layer)
         if op == "add":

@@ -19,6 +19,7 @@ from qcompiler.core.qtypes import QParams
 from qcompiler.core.reference import run_reference
 
 from ..memory_plan import Buffer, MemoryPlan
+from .extensions import INTEGER_LOWERINGS, OP_LOWERINGS
 from .literals import c_float
 from .program import (BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step, stored,
                       unsupported)
@@ -154,10 +155,14 @@ class Lowering:
             lower = {QConv: self.lower_conv, QLinear: self.lower_linear, QAdd: self.lower_add,
                      QMul: self.lower_mul, QAvgPool2d: self.lower_pool, QAdaptiveAvgPool2d: self.lower_pool,
                      QCat: self.lower_cat, QRequantize: self.lower_requantize}.get(type(mod))
+            if lower is None and type(mod) in INTEGER_LOWERINGS:
+                return INTEGER_LOWERINGS[type(mod)](self, node, mod)
             if lower is None:
                 raise unsupported(node, f"integer op {type(mod).__name__} has no kernel here")
             return lower(node, mod)
         op = canonical_op(node, self.modules)
+        if op in OP_LOWERINGS:
+            return OP_LOWERINGS[op](self, node, mod)
         if op in RESHAPES:
             return self.lower_reshape(node)
         if op == "max_pool2d":

@@ -188,7 +188,8 @@ def runtime_include_dirs() -> list[str]:
     return [str(C_RUNTIME_DIR), str(GLUE_DIR)]
 
 
-MODEL_INCLUDES = ["qc_runtime.h", "qc_x86_gemm_call.h"]
+MODEL_INCLUDES = ["qc_runtime.h", "qc_rt_elementwise.h", "qc_rt_shapes.h", "qc_rt_transformer.h",
+                  "qc_x86_gemm_call.h"]
 
 
 class X86Backend(Backend):

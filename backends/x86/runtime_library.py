@@ -19,10 +19,14 @@ from . import gemm
 C_RUNTIME_DIR = Path(__file__).resolve().parent.parent / "c_runtime"
 GLUE_DIR = Path(__file__).resolve().parent / "runtime"
 #: files of the runtime TU after the GEMM source, in order
+#: the runtime's op families beside qc_runtime.c (header, source), each its own file
+FAMILIES = ("elementwise", "shapes", "transformer")
+FAMILY_HEADERS = tuple(C_RUNTIME_DIR / f"qc_rt_{f}.h" for f in FAMILIES)
 RUNTIME_FILES = (C_RUNTIME_DIR / "qc_runtime.h", C_RUNTIME_DIR / "qc_runtime.c",
+                 *(p for f in FAMILIES for p in (C_RUNTIME_DIR / f"qc_rt_{f}.h", C_RUNTIME_DIR / f"qc_rt_{f}.c")),
                  GLUE_DIR / "qc_x86_gemm_call.h", GLUE_DIR / "qc_x86_gemm_call.c")
 #: headers a generated model includes (copied into bundles)
-MODEL_HEADERS = (C_RUNTIME_DIR / "qc_runtime.h", GLUE_DIR / "qc_x86_gemm_call.h")
+MODEL_HEADERS = (C_RUNTIME_DIR / "qc_runtime.h", *FAMILY_HEADERS, GLUE_DIR / "qc_x86_gemm_call.h")
 
 #: vectorization flags of the portable kernels (-ffp-contract=off keeps FMA out anyway)
 VARIANT_FLAGS = {

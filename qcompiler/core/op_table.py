@@ -74,6 +74,20 @@ def canonical_op(node: fx.Node, modules: dict) -> Optional[str]:
     return None
 
 
+#: ops whose quantized activation inputs are not just their first argument
+_BINARY_OPS = frozenset({"add", "mul"})
+
+
+def tensor_inputs(node: fx.Node, op: str) -> list:
+    """The activation inputs of a compute op, in argument order (what gets observed and
+    what the integer op reads)."""
+    if op == "cat":
+        return list(node.args[0]) if node.args else list(node.kwargs.get("tensors", ()))
+    if op in _BINARY_OPS:
+        return list(node.args[:2])
+    return [node.args[0]]
+
+
 def is_tensor_binary(node: fx.Node) -> bool:
     """add/mul of two tensors (not tensor-and-scalar), the form with an integer kernel."""
     args = [a for a in node.args[:2]]

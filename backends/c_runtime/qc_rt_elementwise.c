@@ -1,0 +1,3 @@
+/* qcompiler C runtime: the elementwise kernels. Each kernel's comment names the integer op of
+ * qcompiler/core it implements bit for bit. */
+#include "qc_rt_elementwise.h"
