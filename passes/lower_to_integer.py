@@ -10,6 +10,7 @@ become ``QRequantize``.
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter
 from typing import Optional
 
@@ -25,6 +26,7 @@ from qcompiler.core.meta import GraphState, graph_info, has_node_info, node_info
 from qcompiler.core import lookup_ops, transformer_ops
 from qcompiler.core.op_table import COMPUTE_OPS, SHARED_OPS, canonical_op, produces_tensor, tensor_inputs
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
+from qcompiler.core.provenance import user_label
 from qcompiler.core.qtypes import INT32, QParams
 from qcompiler.core.quantize import quantize
 
@@ -95,7 +97,7 @@ class LowerToInteger(Pass):
         mode, act, layer = info.qconfig.requant_mode, info.fused_activation, info.source_layer
         try:
             module = self._build(gm, op, head, in_qps, out_qp, mode, act, layer, modules)
-        except AccumulatorOverflowError as exc:
+        except (AccumulatorOverflowError, lookup_ops.UndefinedLookupError) as exc:
             info.float_reason = str(exc)
             graph_info(gm).note(f"{layer} ({op}) left in float: {exc}")
             return "left_in_float"
@@ -180,15 +182,20 @@ class LowerToInteger(Pass):
             if node.op not in ("call_module", "call_function", "call_method"):
                 continue
             mod = modules.get(node.target) if node.op == "call_module" else None
-            if isinstance(mod, (IntegerOp, Quantize, Dequantize)) or not produces_tensor(node):
+            if isinstance(mod, (IntegerOp, Quantize, Dequantize)):
+                continue
+            # a float module returning a tuple (nn.LSTM) counts; picking an element of it does not
+            if not produces_tensor(node) and mod is None:
+                continue
+            if node.target is operator.getitem and getattr(node.args[0], "op", "") == "call_module" \
+                    and not produces_tensor(node.args[0]):
                 continue
             op = canonical_op(node, modules)
             if op in SHARED_OPS or (node.op == "call_function" and node.target is torch.clamp):
                 continue
             if node.op == "get_attr":
                 continue
-            label = node_info(node).source_layer if has_node_info(node) and node_info(node).source_layer \
-                else node.name
-            what = type(mod).__name__ if mod is not None else getattr(node.target, "__name__", str(node.target))
-            graph_info(gm).note(f"{label} ({what}) runs in float")
+            label = user_label(node, modules, shape=())
+            graph_info(gm).float_ops.append(label)
+            graph_info(gm).note(f"{label} runs in float")
             changes["float_ops"] += 1

@@ -13,7 +13,7 @@ from qcompiler.backends import available_targets, get_backend
 from qcompiler.core.integer_ops import IntegerOp
 from qcompiler.core.pass_manager import PassContext, PassManager, PipelineResult
 from qcompiler.core.qconfig import QConfig
-from qcompiler.core.report import QuantReport, build_report
+from qcompiler.core.report import QuantReport, build_report, float_layers
 from qcompiler.core.tracing import trace
 from qcompiler.passes.calibrate import batch_inputs
 from qcompiler.pipeline import default_pipeline
@@ -27,9 +27,10 @@ class QuantizedModel(torch.nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, example_inputs: tuple,
-                 pipeline_result: Optional[PipelineResult] = None):
+                 pipeline_result: Optional[PipelineResult] = None, target: str = "reference"):
         super().__init__()
         self.graph_module = graph_module
+        self.target = target              # whose capabilities the passes quantized for
         self._example_inputs = example_inputs
         self._input_shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in example_inputs]
         self.pipeline_result = pipeline_result
@@ -90,13 +91,14 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable[Any], *,
              example_inputs: Optional[tuple] = None, config: Optional[QConfig] = None,
              target: str = "reference", pipeline: Optional[PassManager] = None,
              progress: bool = True, dump_dir: Optional[str] = None,
-             leaf_modules=(), concrete_args: Optional[dict] = None) -> QuantizedModel:
+             leaf_modules=(), concrete_args: Optional[dict] = None, warn_float: bool = True) -> QuantizedModel:
     """Static post-training quantization: trace, run the pipeline, return the integer model.
 
     ``calibration_data`` is an iterable of input batches — a tensor or a tuple of tensors
     per batch; a DataLoader yielding ``(x, y)`` works (the leading entries are used).
-    ``target`` selects the capabilities the passes quantize for; ``pipeline`` replaces the
-    default pass order; ``dump_dir`` writes the graph after every pass.
+    ``target`` selects the capabilities the passes quantize for (and is what ``compile`` builds
+    for by default); ``pipeline`` replaces the default pass order; ``dump_dir`` writes the graph
+    after every pass. ``warn_float``: warn, naming each module, when a layer stays in float.
     """
     first, calibration_data = _split_first(calibration_data)
     model = copy.deepcopy(model)
@@ -113,7 +115,13 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable[Any], *,
     ctx = PassContext(config=config or QConfig(), capabilities=backend.capabilities, target=target,
                       calibration_data=calibration_data, example_inputs=example_inputs, progress=progress)
     result = (pipeline or default_pipeline()).run(gm, ctx, dump_dir=dump_dir)
-    return QuantizedModel(result.graph_module, example_inputs, result)
+    qm = QuantizedModel(result.graph_module, example_inputs, result, target)
+    floats = float_layers(result.graph_module)
+    if warn_float and floats:
+        shown = "; ".join(floats[:8]) + ("; ..." if len(floats) > 8 else "")
+        warnings.warn(f"quantize(): {len(floats)} op(s) stay in float: {shown}. They run in PyTorch "
+                      "(qm.report() says why); quantize(..., warn_float=False) silences this.", stacklevel=2)
+    return qm
 
 
 def _forward_params(model: torch.nn.Module) -> list:
@@ -123,12 +131,23 @@ def _forward_params(model: torch.nn.Module) -> list:
             and p.default is p.empty]
 
 
-def compile(quantized_model: QuantizedModel, target: str = "reference") -> torch.nn.Module:  # noqa: A001
-    """Build ``quantized_model`` for ``target``; returns an nn.Module (float in, float out)."""
+def compile(quantized_model: QuantizedModel, target: Optional[str] = None, *,  # noqa: A001
+            pytorch_fallback: bool = True) -> torch.nn.Module:
+    """Build ``quantized_model`` for ``target`` (default: the target it was quantized for);
+    returns an nn.Module, float in, float out, equal to ``quantized_model(x)``.
+
+    What the target does not cover runs in PyTorch between native segments (``describe()`` on
+    the result lists them); ``pytorch_fallback=False`` makes that an error instead."""
     if not isinstance(quantized_model, QuantizedModel):
         raise TypeError("compile() takes the QuantizedModel returned by qcompiler.quantize()")
+    target = target or quantized_model.target
+    if quantized_model.target not in ("reference", target):
+        warnings.warn(f"compile(): the model was quantized for {quantized_model.target!r}, not {target!r}; "
+                      f"ops {target!r} lacks run in PyTorch (quantize(..., target={target!r}) picks from its "
+                      "capabilities)", stacklevel=2)
     backend = get_backend(target)
-    return backend.compile(quantized_model.graph_module, quantized_model._example_inputs)
+    kwargs = {"pytorch_fallback": pytorch_fallback} if target != "reference" else {}
+    return backend.compile(quantized_model.graph_module, quantized_model._example_inputs, **kwargs)
 
 
 __all__ = ["quantize", "compile", "QuantizedModel", "available_targets"]

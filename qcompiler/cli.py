@@ -65,5 +65,20 @@ def passes():
     print(qcompiler.default_pipeline().describe())
 
 
+@main.command("supported-ops")
+@click.option("--write", "path", type=click.Path(dir_okay=False, writable=True), default=None, metavar="PATH",
+              help="Write the table to PATH (docs/supported-ops.md) instead of printing it.")
+def supported_ops(path):
+    """Print the supported-ops table: every op, what it becomes, and where each target runs it."""
+    from pathlib import Path
+
+    from .supported_ops import render
+
+    if path:
+        Path(path).write_text(render())
+    else:
+        click.echo(render(), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

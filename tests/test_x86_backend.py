@@ -192,12 +192,40 @@ def test_profile_times_every_step_of_the_same_source(small, tmp_path):
     assert load_bundle(compiled.save(tmp_path / "b")).profile(x, repeats=1)
 
 
-def test_float_island_is_a_clear_compile_error():
-    model = nn.Sequential(nn.Linear(8, 4), nn.Softmax(dim=1), nn.Linear(4, 2)).eval()
+class _Erf(nn.Module):
+    """A float op no target covers (its own module: traced as a leaf, kept in float)."""
+
+    def forward(self, x):
+        return torch.special.erf(x)
+
+
+def _float_island_model():
+    return nn.Sequential(nn.Linear(8, 4), _Erf(), nn.Linear(4, 2)).eval()
+
+
+def test_float_island_runs_in_pytorch_between_native_segments():
     x = torch.randn(3, 8)
-    qm = qcompiler.quantize(model, [(x,)], progress=False)
-    with pytest.raises(BackendUnsupported, match="float island"):
-        qcompiler.compile(qm, target="x86")
+    qm = qcompiler.quantize(_float_island_model(), [(x,)], progress=False, leaf_modules=[_Erf], warn_float=False)
+    assert "1 (_Erf)" in qm.report().float_ops[0]
+    compiled = qcompiler.compile(qm, target="x86")
+    assert len(compiled.plan.segments) == 2 and compiled.plan.crossings == 2
+    assert "1 (_Erf): float, in PyTorch" in compiled.describe()
+    assert torch.equal(compiled(x), qm(x))
+    x5 = torch.randn(5, 8)                          # another batch size compiles its own segments
+    assert torch.equal(compiled(x5), qm(x5))
+
+
+def test_quantize_warns_naming_the_float_module():
+    x = torch.randn(3, 8)
+    with pytest.warns(UserWarning, match=r"1 \(_Erf\)"):
+        qcompiler.quantize(_float_island_model(), [(x,)], progress=False, leaf_modules=[_Erf])
+
+
+def test_without_pytorch_fallback_the_error_names_the_module():
+    x = torch.randn(3, 8)
+    qm = qcompiler.quantize(_float_island_model(), [(x,)], progress=False, leaf_modules=[_Erf], warn_float=False)
+    with pytest.raises(BackendUnsupported, match=r"1 \(_Erf\).*pytorch_fallback=True"):
+        qcompiler.compile(qm, target="x86", pytorch_fallback=False)
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="build.sh uses gcc")

@@ -20,9 +20,10 @@ from qcompiler.core.reference import run_reference
 
 from ..memory_plan import Buffer, MemoryPlan
 from .extensions import INTEGER_LOWERINGS, OP_LOWERINGS
+from .lower_transformer import lower_conv1d
 from .literals import c_float
-from .program import (BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step, stored,
-                      unsupported)
+from .program import (INPUT_QPARAMS, BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step,
+                      stored, unsupported)
 from .weights import WeightsBlob
 
 SERIAL_BELOW_MACS = 1 << 19
@@ -127,8 +128,7 @@ class Lowering:
     def run(self) -> Program:
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
-                self.inputs[node] = len(self.input_specs)
-                self.input_specs.append(IOSpec(node.name, self.shape_of(node), "float32"))
+                self.lower_input(node)
             elif node.op == "output":
                 self.lower_output(node)
             elif node.op == "get_attr":
@@ -143,6 +143,8 @@ class Lowering:
     def lower_node(self, node: fx.Node) -> None:
         if node in self._fused:
             return                  # computed by its producer's step (a residual add in an epilogue)
+        if not _holds_tensor(self.shapes.get(node.name)):
+            return                  # a number or a shape: static in a program compiled for fixed shapes
         mod = self.modules.get(node.target) if node.op == "call_module" else None
         if isinstance(mod, Quantize):
             return self.lower_quantize(node, mod)
@@ -177,6 +179,30 @@ class Lowering:
         raise unsupported(node, f"op {op or node.target!r} is not supported by this target")
 
     # -- boundary ------------------------------------------------------------------------
+
+    def lower_input(self, node: fx.Node) -> None:
+        """A float input (quantized by the Quantize steps that read it), an int8/uint8 input
+        (a segment boundary after an op that runs in PyTorch: imported as it is, with the
+        qparams partitioning recorded in ``node.meta[INPUT_QPARAMS]``), or a number (a size the
+        PyTorch side computed: shapes are static here, so it is not an input of the C)."""
+        value = self.shapes.get(node.name)
+        if not isinstance(value, torch.Tensor):
+            return
+        index, shape = len(self.input_specs), tuple(value.shape)
+        if value.is_floating_point():
+            self.inputs[node] = index
+            self.input_specs.append(IOSpec(node.name, shape, "float32"))
+            return
+        qp = node.meta.get(INPUT_QPARAMS)
+        if qp is None or value.dtype != qp.qtype.storage:
+            raise unsupported(node, f"an integer input ({value.dtype}) without quantization parameters")
+        t = self.new_tensor(shape, "plain", qp)
+        self.input_specs.append(IOSpec(node.name, shape, str(value.dtype).replace("torch.", ""), qp.scale_float(),
+                                       qp.zero_point_int(), raw=True))
+        self.add_step(f"{node.name}: integer input {index} {list(shape)}",
+                      [f"qc_rt_import_int((const void *)inputs[{index}], {self.ptr(t)}, {t.numel}, {int(t.signed)});"],
+                      writes=[t])
+        self.values[node] = t
 
     def lower_quantize(self, node: fx.Node, mod: Quantize) -> None:
         src = node.args[0]
@@ -233,6 +259,9 @@ class Lowering:
         flat = list(results) if isinstance(results, (tuple, list)) else [results]
         for i, dq in enumerate(flat):
             mod = self.modules.get(dq.target) if isinstance(dq, fx.Node) and dq.op == "call_module" else None
+            if not isinstance(mod, Dequantize) and isinstance(dq, fx.Node) and dq in self.values:
+                self.lower_raw_output(i, dq)
+                continue
             if not isinstance(mod, Dequantize):
                 raise unsupported(node, f"output {i} is not dequantized from an integer tensor")
             t = self.value(dq.args[0], dq)
@@ -245,8 +274,18 @@ class Lowering:
             self.add_step(f"{dq.name}: output {i}, dequantize {list(t.shape)}", [
                 f"if (as_int) qc_rt_export_int({self.ptr(t)}, outputs[{i}], {n}, {c}, {hw}, {nhwc}, {int(t.signed)});",
                 f"else qc_rt_dequantize({self.ptr(t)}, (float *)outputs[{i}], {n}, {c}, {hw}, {nhwc}, "
-                f"{c_float(qp.scale_float())}, {zp});"], reads=[t])
+                f"{c_float(qp.scale_float())}, {zp}, threads);"], reads=[t])
         self.tuple_output = isinstance(results, (tuple, list))
+
+    def lower_raw_output(self, i: int, node: fx.Node) -> None:
+        """An int8/uint8 value leaving as integers (a segment boundary before a PyTorch op)."""
+        t = self.as_layout(self.value(node, node), "plain")
+        qp = t.qparams
+        self.output_specs.append(IOSpec(node.name, t.shape, str(qp.qtype.storage).replace("torch.", ""),
+                                        qp.scale_float(), qp.zero_point_int(), raw=True))
+        self.add_step(f"{node.name}: output {i} as integers {list(t.shape)}",
+                      [f"qc_rt_export_int({self.ptr(t)}, outputs[{i}], 1, 1, {t.numel}, 0, {int(t.signed)});"],
+                      reads=[t])
 
     # -- GEMM ops ------------------------------------------------------------------------
 
@@ -281,12 +320,15 @@ class Lowering:
                       reads=[x], writes=[out])
         self.values[node] = out
 
-    def lower_conv(self, node: fx.Node, mod: QConv) -> None:
+    def lower_conv(self, node: fx.Node, mod: QConv, x=None, shape=None) -> None:
+        """``x`` (NHWC) and ``shape``: a 4-d view from a caller (conv1d as conv2d with H = 1)."""
         self._check_weights(node, mod)
+        if mod.dims == 1 and x is None and not isinstance(mod.padding, str):
+            return lower_conv1d(self, node, mod)
         if mod.dims != 2 or isinstance(mod.padding, str):
-            raise unsupported(node, "only conv2d with numeric padding is supported")
-        x = self.as_layout(self.value(node.args[0], node), "nhwc")
-        shape = self.shape_of(node)
+            raise unsupported(node, "only conv1d/conv2d with numeric padding are supported")
+        x = x if x is not None else self.as_layout(self.value(node.args[0], node), "nhwc")
+        shape = shape if shape is not None else self.shape_of(node)
         n, cin, h, w = x.space_to_depth[1] if x.space_to_depth else x.shape
         _, cout, oh, ow = shape
         o, cg, kh, kw = mod.weight.shape
@@ -588,6 +630,12 @@ def _space_to_depth_plan(mod: QConv, cin: int, out_shape: tuple):
         return None
     kqh, kqw = -(-kh // sh), -(-kw // sh)
     return sh, kqh, kqw, out_shape[2] - 1 + kqh, out_shape[3] - 1 + kqw
+
+
+def _holds_tensor(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    return isinstance(value, torch.Tensor)
 
 
 def _pair(v) -> tuple:

@@ -9,17 +9,27 @@ import torch
 import torch.fx as fx
 
 from qcompiler.core.integer_ops import Requant
+from qcompiler.core.provenance import user_label
 from qcompiler.core.qtypes import QParams
 
 from ..memory_plan import Buffer, MemoryPlan
 
 
+#: ``placeholder.meta`` key: the QParams of an integer segment input (set by partitioning)
+INPUT_QPARAMS = "qc_input_qparams"
+
+
 class BackendUnsupported(NotImplementedError):
-    """The graph contains something this target cannot compile (the message names the node)."""
+    """The graph contains something this target cannot compile. The message names the user's
+    layer and op; ``node`` is the graph node's name, so partitioning can run it in PyTorch."""
+
+    def __init__(self, message: str, node: Optional[str] = None):
+        super().__init__(message)
+        self.node = node
 
 
 def unsupported(node: fx.Node, why: str) -> BackendUnsupported:
-    return BackendUnsupported(f"cannot compile node {node.format_node()}: {why}")
+    return BackendUnsupported(f"cannot compile {user_label(node)}: {why}", node.name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,6 +143,9 @@ class IOSpec:
     dtype: str           # float32 in/out; the integer dtype of an output for run_int
     scale: float = 0.0
     zero_point: int = 0
+    #: an int8/uint8 value crossing into or out of the program as integers (a segment boundary
+    #: next to an op that runs in PyTorch), not through a quantize/dequantize
+    raw: bool = False
 
 
 @dataclass

@@ -192,15 +192,57 @@ void qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw
     QC_RT_PARALLEL_FOR(qc_quantize_chunk, &job, n * blocks, qc_rt_threads(threads, n * c * hw));
 }
 
-void qc_rt_dequantize(const uint8_t *q, float *x, int64_t n, int64_t c, int64_t hw, int nhwc,
-                      float scale, int32_t zp)
+/* chunk = image * blocks + block: QC_BOUNDARY_BLOCK positions of every channel. NCHW order
+ * is one contiguous run (vectorized); NHWC is read a position row at a time */
+typedef struct {
+    const uint8_t *q;
+    float *x;
+    int64_t c, hw, blocks;
+    int nhwc;
+    float scale;
+    int32_t zp;
+} qc_dequantize_job;
+
+static void qc_dequantize_chunk(const void *ctx, int64_t chunk, int slot)
 {
-    for (int64_t b = 0; b < n; b++)
-        for (int64_t ch = 0; ch < c; ch++)
-            for (int64_t i = 0; i < hw; i++) {
-                uint8_t v = nhwc ? q[(b * hw + i) * c + ch] : q[(b * c + ch) * hw + i];
-                x[(b * c + ch) * hw + i] = (float)((int32_t)v - zp) * scale;
-            }
+    const qc_dequantize_job *j = (const qc_dequantize_job *)ctx;
+    const int64_t b = chunk / j->blocks, c = j->c, hw = j->hw;
+    const int64_t start = chunk % j->blocks * QC_BOUNDARY_BLOCK;
+    const int64_t end = start + QC_BOUNDARY_BLOCK < hw ? start + QC_BOUNDARY_BLOCK : hw;
+    const float scale = j->scale;
+    const int32_t zp = j->zp;
+    (void)slot;
+    for (int64_t ch = 0; ch < c; ch++) {
+        float *restrict dst = j->x + (b * c + ch) * hw;
+        if (j->nhwc) {
+            const uint8_t *restrict src = j->q + b * hw * c + ch;
+            for (int64_t i = start; i < end; i++) dst[i] = (float)((int32_t)src[i * c] - zp) * scale;
+        } else {
+            const uint8_t *restrict src = j->q + (b * c + ch) * hw;
+            for (int64_t i = start; i < end; i++) dst[i] = (float)((int32_t)src[i] - zp) * scale;
+        }
+    }
+}
+
+void qc_rt_dequantize(const uint8_t *q, float *x, int64_t n, int64_t c, int64_t hw, int nhwc,
+                      float scale, int32_t zp, int threads)
+{
+    if (!nhwc || c == 1 || hw == 1) {       /* one contiguous run: split it evenly */
+        hw *= c * n;
+        c = n = 1;
+        nhwc = 0;
+    }
+    const int64_t blocks = (hw + QC_BOUNDARY_BLOCK - 1) / QC_BOUNDARY_BLOCK;
+    const qc_dequantize_job job = {q, x, c, hw, blocks, nhwc, scale, zp};
+    QC_RT_PARALLEL_FOR(qc_dequantize_chunk, &job, n * blocks, qc_rt_threads(threads, n * c * hw));
+}
+
+/* integers as the reference holds them (int8: shifted by +128 on the way in) -> storage */
+void qc_rt_import_int(const void *in, uint8_t *q, int64_t numel, int is_signed)
+{
+    const uint8_t *restrict src = (const uint8_t *)in;
+    const uint8_t flip = is_signed ? 0x80 : 0;
+    for (int64_t i = 0; i < numel; i++) q[i] = src[i] ^ flip;
 }
 
 void qc_rt_export_int(const uint8_t *q, void *out, int64_t n, int64_t c, int64_t hw, int nhwc, int is_signed)

@@ -78,7 +78,10 @@ QC_RT_EXPORT void qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t 
 
 /* Dequantize: uint8 (NHWC when nhwc) -> float NCHW, x = float32(q - zp) * s */
 QC_RT_EXPORT void qc_rt_dequantize(const uint8_t *q, float *x, int64_t n, int64_t c, int64_t hw, int nhwc,
-                                   float scale, int32_t zp);
+                                   float scale, int32_t zp, int threads);
+
+/* the reference's integers (int8 or uint8, numel bytes) -> storage (int8: +128) */
+QC_RT_EXPORT void qc_rt_import_int(const void *in, uint8_t *q, int64_t numel, int is_signed);
 
 /* the stored integers as the reference's dtype (int8: undo the +128 shift), NCHW order */
 QC_RT_EXPORT void qc_rt_export_int(const uint8_t *q, void *out, int64_t n, int64_t c, int64_t hw, int nhwc,

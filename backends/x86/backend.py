@@ -18,9 +18,10 @@ import torch.fx as fx
 
 from qcompiler.core.qconfig import GRANULARITIES, Capabilities
 
-from .. import cpu, toolchain
+from .. import cpu, partition, toolchain
 from ..base import Backend
-from ..c_emitter import SERIAL_BELOW_MACS, GemmLowering, Lowering, Program, RequantArrays, render
+from ..c_emitter import (SERIAL_BELOW_MACS, BackendUnsupported, GemmLowering, Lowering, Program, RequantArrays,
+                         render)
 from . import gemm
 from .runtime_library import runtime_library
 
@@ -28,8 +29,12 @@ from .runtime_library import runtime_library
 SUPPORTED_OPS = frozenset({
     "quantize", "dequantize", "requantize", "conv2d", "linear", "add", "mul", "avg_pool2d",
     "adaptive_avg_pool2d", "cat", "max_pool2d", "relu", "flatten", "unflatten", "reshape", "squeeze",
-    "unsqueeze", "dropout", "identity",
+    "unsqueeze", "dropout", "identity", "clamp",
 })
+#: elementwise functions as 256-entry tables (lower_elementwise.py, qc_rt_elementwise.c)
+SUPPORTED_OPS = SUPPORTED_OPS | {"lookup"}
+#: the transformer family (lower_transformer.py, qc_rt_transformer.c)
+SUPPORTED_OPS = SUPPORTED_OPS | {"matmul", "softmax", "layer_norm", "conv1d"}
 
 #: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
 ISA_PREFERENCE = (
@@ -228,8 +233,9 @@ class X86Backend(Backend):
         # lowering (they change no graph node); here: nothing to rewrite
         return gm
 
-    def emit_program(self, gm: fx.GraphModule, example_inputs: tuple, name: str = "model") -> tuple[Program, str, str]:
-        isa = self.isa or choose_isa()
+    def emit_program(self, gm: fx.GraphModule, example_inputs: tuple, name: str = "model",
+                     isa: Optional[str] = None) -> tuple[Program, str, str]:
+        isa = isa or self.isa or choose_isa()
         program = Lowering(gm, example_inputs, X86Gemm(isa), name=name).run()
         source = render(program, MODEL_INCLUDES, f"qcompiler x86 model '{name}', GEMM ISA {isa}")
         return program, source, isa
@@ -241,24 +247,54 @@ class X86Backend(Backend):
         return X86Artifact(program, source, isa, runtime, runtime_flags, lib, flags)
 
     def compile(self, gm: fx.GraphModule, example_inputs: tuple, *, threads: Optional[int] = None,
-                name: str = "model") -> torch.nn.Module:
-        from .compiled_model import X86CompiledModel
-
+                name: str = "model", pytorch_fallback: bool = True) -> torch.nn.Module:
+        """One native program when the target covers the whole graph; otherwise native segments
+        joined by PyTorch (backends/partition.py), or, with ``pytorch_fallback=False``, an error
+        naming what it does not cover."""
         ok, why = self.availability()
         if not ok:
             from ..base import BackendUnavailable
             raise BackendUnavailable(f"target {self.name!r} is not available here: {why}")
         gm = self.legalize(gm)
-        program, source, isa = self.emit_program(gm, example_inputs, name)
+        isa = self.isa or choose_isa()
+        try:
+            emitted = self.emit_program(gm, example_inputs, name, isa)
+        except BackendUnsupported:
+            emitted = None
+        if emitted is not None:
+            return self._load(gm, example_inputs, emitted, threads, name)
+        programs: dict = {}       # segments emitted while planning, reused by the first build
+
+        def try_segment(segment: fx.GraphModule, args: tuple) -> None:
+            programs[id(segment), partition._shapes(args)] = self.emit_program(segment, args, name, isa)
+
+        def compile_segment(segment: fx.GraphModule, args: tuple) -> torch.nn.Module:
+            emitted = programs.pop((id(segment), partition._shapes(args)), None) or \
+                self.emit_program(segment, args, name, isa)
+            return self._load(segment, args, emitted, threads, name, recompile=False)
+
+        plan = partition.plan_for(gm, example_inputs, self.capabilities.ops, try_segment)
+        if not pytorch_fallback:
+            raise BackendUnsupported(
+                f"target {self.name!r} does not cover {len(plan.pytorch_nodes)} op(s): "
+                + "; ".join(plan.pytorch_nodes[:12]) + ("; ..." if len(plan.pytorch_nodes) > 12 else "")
+                + ". compile(..., pytorch_fallback=True) (the default) runs them in PyTorch between native "
+                  "segments; docs/supported-ops.md lists what each target covers.")
+        return partition.PartitionedModel(plan, example_inputs, compile_segment, self.name)
+
+    def _load(self, gm, example_inputs, emitted, threads, name, recompile: bool = True) -> torch.nn.Module:
+        from .compiled_model import X86CompiledModel
+
+        program, source, isa = emitted
         artifact = self.build_program(program, source, isa)
 
-        def recompile(batch: int) -> X86CompiledModel:   # same graph, another batch size
+        def recompile_for(batch: int) -> X86CompiledModel:   # same graph, another batch size
             shaped = tuple(torch.zeros((batch, *x.shape[1:]), dtype=x.dtype) if isinstance(x, torch.Tensor) else x
                            for x in example_inputs)
             return X86Backend(isa).compile(gm, shaped, threads=threads, name=name)
 
         return X86CompiledModel(artifact.library, program.weights, source, isa, threads=threads,
-                                runtime_flags=artifact.runtime_flags, recompile=recompile,
+                                runtime_flags=artifact.runtime_flags, recompile=recompile_for if recompile else None,
                                 model_flags=artifact.model_flags)
 
 

@@ -92,6 +92,7 @@ class X86CompiledModel(torch.nn.Module):
         self._by_batch: dict[int, X86CompiledModel] = {}
         man = self.native.manifest
         self.input_shapes = [tuple(s["shape"]) for s in man["inputs"]]
+        self.input_dtypes = [_DTYPES[s["dtype"]] for s in man["inputs"]]
         self.output_specs = man["outputs"]
         self.tuple_output = bool(man.get("tuple_output"))
         self.batch = self.input_shapes[0][0] if self.input_shapes and self.input_shapes[0] else 1
@@ -115,16 +116,19 @@ class X86CompiledModel(torch.nn.Module):
         if len(inputs) != len(self.input_shapes):
             raise ValueError(f"expected {len(self.input_shapes)} input tensors, got {len(inputs)}")
         checked = []
-        for i, (x, shape) in enumerate(zip(inputs, self.input_shapes)):
+        for i, (x, shape, dtype) in enumerate(zip(inputs, self.input_shapes, self.input_dtypes)):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
-            if not x.is_floating_point():
+            if dtype != torch.float32:          # integers crossing a segment boundary, as they are
+                if x.dtype != dtype:
+                    raise TypeError(f"input {i} must be a {dtype} tensor, got {x.dtype}")
+            elif not x.is_floating_point():
                 raise TypeError(f"input {i} must be a float tensor, got {x.dtype}")
             if x.device.type != "cpu":
                 raise ValueError(f"input {i} must be on the CPU, got {x.device}")
             if tuple(x.shape) != shape:
                 raise ValueError(f"input {i} has shape {tuple(x.shape)}, but this model was compiled for {shape}")
-            checked.append(x.detach().to(torch.float32).contiguous())
+            checked.append(x.detach().to(dtype).contiguous())
         return checked
 
     def _for_batch(self, n: int) -> "X86CompiledModel":
@@ -157,8 +161,8 @@ class X86CompiledModel(torch.nn.Module):
         if other is not None:
             return other(*inputs, return_int=return_int)
         xs = self.check_inputs(inputs)
-        outs = [torch.empty(tuple(s["shape"]), dtype=_DTYPES[s["dtype"]] if return_int else torch.float32)
-                for s in self.output_specs]
+        outs = [torch.empty(tuple(s["shape"]), dtype=_DTYPES[s["dtype"]] if return_int or s.get("raw")
+                            else torch.float32) for s in self.output_specs]
         with self._arena_lock:
             if self._streams > 1:
                 self._run_streams(xs, outs, return_int)

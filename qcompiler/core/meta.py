@@ -76,6 +76,8 @@ class GraphInfo:
     states: set = field(default_factory=set)
     target: Optional[str] = None
     notes: list = field(default_factory=list)      # human-readable report lines
+    #: lower_to_integer: the ops left in float, as user labels ("features.0.2 (Hardswish)")
+    float_ops: list = field(default_factory=list)
 
     def note(self, line: str) -> None:
         if line not in self.notes:

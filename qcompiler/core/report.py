@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 
 from .integer_ops import IntegerOp
+from .macs import node_macs
 from .meta import graph_info
 from .quantize import dequantize
 from .reference import run_reference
@@ -42,12 +43,24 @@ class LayerReport:
 class QuantReport:
     layers: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    #: ops left in float, as "module.path (Op)"
+    float_ops: list = field(default_factory=list)
+    #: multiply-accumulates in integer ops / in all ops (None without sample inputs)
+    integer_macs: Optional[int] = None
+    total_macs: Optional[int] = None
+
+    @property
+    def integer_mac_share(self) -> Optional[float]:
+        if not self.total_macs:
+            return None
+        return self.integer_macs / self.total_macs
 
     def to_dict(self) -> dict:
         def clean(v):
             return None if isinstance(v, float) and not math.isfinite(v) else v
         return {"layers": [{k: clean(v) for k, v in asdict(l).items()} for l in self.layers],
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "float_ops": list(self.float_ops),
+                "integer_macs": self.integer_macs, "total_macs": self.total_macs}
 
     def __str__(self) -> str:
         from rich.console import Console
@@ -62,11 +75,23 @@ class QuantReport:
         buf = io.StringIO()
         console = Console(file=buf, width=150, force_terminal=False, color_system=None)
         console.print(table)
+        if self.total_macs:
+            console.print(f"MACs in integer: {100 * self.integer_mac_share:.1f} % "
+                          f"({self.integer_macs:,} of {self.total_macs:,})")
+        if self.float_ops:
+            console.print("In float (a compiled model runs these in PyTorch):")
+            for label in self.float_ops:
+                console.print(f"  - {label}: float, in PyTorch")
         if self.notes:
             console.print("Notes:")
             for n in self.notes:
                 console.print(f"  - {n}")
         return buf.getvalue()
+
+
+def float_layers(gm: fx.GraphModule) -> list:
+    """The ops lower_to_integer left in float, as "module.path (Op)"."""
+    return list(graph_info(gm).float_ops)
 
 
 def _fmt_qparams(qps) -> str:
@@ -78,7 +103,14 @@ def build_report(gm: fx.GraphModule, sample_inputs: Optional[tuple]) -> QuantRep
     dequantized output vs its float op run on the same (dequantized) inputs, so each row
     shows the error the layer itself adds, not what it inherits."""
     values = run_reference(gm, *sample_inputs, capture=True)[1] if sample_inputs is not None else {}
-    report = QuantReport(notes=list(graph_info(gm).notes))
+    report = QuantReport(notes=list(graph_info(gm).notes), float_ops=float_layers(gm))
+    if values:
+        report.integer_macs = report.total_macs = 0
+        for node in gm.graph.nodes:
+            mod = gm.get_submodule(node.target) if node.op == "call_module" else None
+            macs = node_macs(node, mod, values)
+            report.total_macs += macs
+            report.integer_macs += macs if isinstance(mod, IntegerOp) else 0
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
