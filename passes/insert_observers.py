@@ -18,8 +18,8 @@ from qcompiler.core.graph_utils import add_module
 from qcompiler.core.input_stats import ChannelMean
 from qcompiler.core.meta import GraphState, graph_info, node_info
 from qcompiler.core.observers import make_observer
-from qcompiler.core.op_table import (COMPUTE_OPS, SHARED_OPS, WEIGHTED_OPS, canonical_op,
-                                     is_tensor_binary, produces_tensor, tensor_inputs)
+from qcompiler.core.op_table import (COMPUTE_OPS, LOOKUP_OPS, SHARED_OPS, WEIGHTED_OPS, canonical_op,
+                                     is_tensor_binary, lookup_operand, produces_tensor, tensor_inputs)
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 from qcompiler.core.qconfig import QConfig
 from qcompiler.core.shapes import propagate_shapes
@@ -28,7 +28,14 @@ from qcompiler.core.shapes import propagate_shapes
 def _float_reason(node, op, modules, cfg, caps) -> Optional[str]:
     if cfg is None:
         return "kept in float by the config"
-    if op not in caps.ops:
+    if op in LOOKUP_OPS:            # elementwise functions of one tensor: one integer op, "lookup"
+        if "lookup" not in caps.ops:
+            return f"the target has no integer lookup table ({op})"
+        if lookup_operand(node) is None:
+            return f"{op} of more than one tensor"
+        if op == "scalar_div" and any(not isinstance(v, fx.Node) and v == 0 for v in node.args):
+            return "division by a zero constant (not finite)"
+    elif op not in caps.ops:
         return f"the target has no integer {op}"
     if op in ("add", "mul") and not is_tensor_binary(node):
         return f"{op} with a scalar operand"
@@ -83,7 +90,7 @@ class InsertObservers(Pass):
                     and not node_info(node).fused_into:
                 observed[node] = observed[node.args[0]]        # runs on the int8 value
                 continue
-            if op not in COMPUTE_OPS or not produces_tensor(node):
+            if op not in COMPUTE_OPS or not produces_tensor(node) or node_info(node).fused_into:
                 if op in WEIGHTED_OPS:  # e.g. a conv whose output is not a tensor we can see
                     node_info(node).float_reason = "not a tensor-valued layer"
                 continue

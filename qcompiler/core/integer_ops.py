@@ -31,6 +31,8 @@ INTEGER_OPS = frozenset({
     "avg_pool2d", "adaptive_avg_pool2d", "cat", "max_pool2d", "relu", "flatten", "unflatten", "reshape",
     "permute", "transpose", "squeeze", "unsqueeze", "dropout", "identity",
 })
+#: elementwise functions as 256-entry tables (core/lookup_ops.py)
+INTEGER_OPS = INTEGER_OPS | {"lookup"}
 
 
 class AccumulatorOverflowError(ValueError):

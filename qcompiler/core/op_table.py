@@ -48,9 +48,45 @@ _METHOD_OPS = {
     "contiguous": "identity", "unflatten": "unflatten",
 }
 
+# Elementwise functions of one tensor (core.lookup_ops: a 256-entry table on int8)
+_LOOKUP_MODULES = {
+    nn.Hardswish: "hardswish", nn.SiLU: "silu", nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu",
+    nn.ELU: "elu", nn.CELU: "celu", nn.SELU: "selu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
+    nn.Hardsigmoid: "hardsigmoid", nn.Mish: "mish", nn.Softplus: "softplus",
+    nn.LogSigmoid: "logsigmoid", nn.Softsign: "softsign", nn.Hardshrink: "hardshrink",
+    nn.Softshrink: "softshrink", nn.Tanhshrink: "tanhshrink",
+}
+_LOOKUP_FUNCTIONS = {
+    F.hardswish: "hardswish", F.silu: "silu", F.gelu: "gelu", F.leaky_relu: "leaky_relu",
+    F.elu: "elu", F.celu: "celu", torch.celu: "celu", F.selu: "selu", torch.selu: "selu",
+    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.special.expit: "sigmoid",
+    torch.tanh: "tanh", F.tanh: "tanh", F.hardsigmoid: "hardsigmoid", F.mish: "mish",
+    F.softplus: "softplus", F.logsigmoid: "logsigmoid", F.softsign: "softsign",
+    F.hardshrink: "hardshrink", F.softshrink: "softshrink", F.tanhshrink: "tanhshrink",
+    torch.abs: "abs", operator.abs: "abs", torch.clamp_min: "clamp_min", torch.clamp_max: "clamp_max",
+    # arithmetic: a lookup only with a number as the other operand (canonical_op: scalar_*)
+    operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", torch.rsub: "sub",
+    operator.truediv: "div", operator.itruediv: "div", torch.div: "div", torch.true_divide: "div",
+    operator.imul: "mul", operator.neg: "neg", torch.neg: "neg",
+}
+_LOOKUP_METHODS = {
+    "sigmoid": "sigmoid", "tanh": "tanh", "abs": "abs", "neg": "neg", "clamp_min": "clamp_min",
+    "clamp_max": "clamp_max", "sub": "sub", "rsub": "sub", "div": "div", "true_divide": "div",
+}
+_MODULE_OPS.update(_LOOKUP_MODULES)
+_FUNCTION_OPS.update(_LOOKUP_FUNCTIONS)
+_METHOD_OPS.update(_LOOKUP_METHODS)
+#: arithmetic with a number operand: a function of the one tensor operand
+_SCALAR_FORMS = {"add": "scalar_add", "sub": "scalar_sub", "mul": "scalar_mul", "div": "scalar_div"}
+#: elementwise functions of one int8 tensor, run as a 256-entry table (core.lookup_ops); relu6,
+#: hardtanh and clamp only where not fused into the clamp of the op before them
+LOOKUP_OPS = frozenset({*_LOOKUP_MODULES.values(), *_LOOKUP_FUNCTIONS.values(), *_SCALAR_FORMS.values(),
+                        "relu6", "hardtanh", "clamp", "clamp_min", "clamp_max", "neg"}
+                       - {"sub", "div", "mul"})
+
 #: ops with an integer kernel and their own output qparams
 COMPUTE_OPS = frozenset({"conv1d", "conv2d", "linear", "add", "mul", "avg_pool2d",
-                         "adaptive_avg_pool2d", "cat"})
+                         "adaptive_avg_pool2d", "cat"}) | LOOKUP_OPS
 #: value-preserving ops that run on the quantized tensor with its qparams
 SHARED_OPS = frozenset({"max_pool2d", "flatten", "unflatten", "reshape", "permute", "transpose",
                         "squeeze", "unsqueeze", "dropout", "identity", "relu"})
@@ -68,10 +104,30 @@ def canonical_op(node: fx.Node, modules: dict) -> Optional[str]:
                 return name
         return None
     if node.op == "call_function":
-        return _FUNCTION_OPS.get(node.target)
+        return _scalar_form(node, _FUNCTION_OPS.get(node.target))
     if node.op == "call_method":
-        return _METHOD_OPS.get(node.target)
+        return _scalar_form(node, _METHOD_OPS.get(node.target))
     return None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _scalar_form(node: fx.Node, op: Optional[str]) -> Optional[str]:
+    """``x + 3``, ``3 - x``, ``x / 6``…: arithmetic with a number is a function of one tensor."""
+    if op in _SCALAR_FORMS and len(node.args) == 2 and sum(isinstance(a, fx.Node) for a in node.args) == 1 \
+            and any(_is_number(a) for a in node.args):
+        return _SCALAR_FORMS[op]
+    return op
+
+
+def lookup_operand(node: fx.Node) -> Optional[fx.Node]:
+    """The one tensor a lookup op is a function of, or None when any other argument is a
+    graph value too (``clamp(x, lo_tensor)``): then it is not a function of one tensor."""
+    nodes = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
+    nested = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, (tuple, list, dict, slice))]
+    return nodes[0] if len(nodes) == 1 and not nested else None
 
 
 #: ops whose quantized activation inputs are not just their first argument
@@ -85,6 +141,8 @@ def tensor_inputs(node: fx.Node, op: str) -> list:
         return list(node.args[0]) if node.args else list(node.kwargs.get("tensors", ()))
     if op in _BINARY_OPS:
         return list(node.args[:2])
+    if op in LOOKUP_OPS and lookup_operand(node) is not None:
+        return [lookup_operand(node)]           # ``3 - x``: the tensor is not the first argument
     return [node.args[0]]
 
 
