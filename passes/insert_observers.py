@@ -37,7 +37,7 @@ def _float_reason(node, op, modules, cfg, caps) -> Optional[str]:
             return "division by a zero constant (not finite)"
     elif op not in caps.ops:
         return f"the target has no integer {op}"
-    if op in ("add", "mul") and not is_tensor_binary(node):
+    if op in ("add", "mul", "matmul") and not is_tensor_binary(node):
         return f"{op} with a scalar operand"
     if op == "cat" and not isinstance(node.args[0] if node.args else None, (list, tuple)):
         return "cat of a non-literal list"

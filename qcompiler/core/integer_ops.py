@@ -33,6 +33,8 @@ INTEGER_OPS = frozenset({
 })
 #: elementwise functions as 256-entry tables (core/lookup_ops.py)
 INTEGER_OPS = INTEGER_OPS | {"lookup"}
+#: the transformer family (core/transformer_ops.py)
+INTEGER_OPS = INTEGER_OPS | {"matmul", "softmax", "layer_norm"}
 
 
 class AccumulatorOverflowError(ValueError):

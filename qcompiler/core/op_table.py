@@ -95,6 +95,13 @@ FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6", "hardtanh", "clamp"})
 #: ops with weights (a weight observer and per-channel parameters along axis 0)
 WEIGHTED_OPS = frozenset({"conv1d", "conv2d", "linear"})
 
+# the transformer family (integer ops in core/transformer_ops.py)
+_MODULE_OPS.update({nn.Softmax: "softmax", nn.LayerNorm: "layer_norm"})
+_FUNCTION_OPS.update({torch.matmul: "matmul", torch.bmm: "matmul", operator.matmul: "matmul",
+                      F.softmax: "softmax", torch.softmax: "softmax", F.layer_norm: "layer_norm"})
+_METHOD_OPS.update({"matmul": "matmul", "bmm": "matmul", "softmax": "softmax"})
+COMPUTE_OPS = COMPUTE_OPS | {"matmul", "softmax", "layer_norm"}
+
 
 def canonical_op(node: fx.Node, modules: dict) -> Optional[str]:
     if node.op == "call_module":
@@ -131,7 +138,7 @@ def lookup_operand(node: fx.Node) -> Optional[fx.Node]:
 
 
 #: ops whose quantized activation inputs are not just their first argument
-_BINARY_OPS = frozenset({"add", "mul"})
+_BINARY_OPS = frozenset({"add", "mul", "matmul"})
 
 
 def tensor_inputs(node: fx.Node, op: str) -> list:
