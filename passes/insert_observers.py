@@ -18,7 +18,7 @@ from qcompiler.core.graph_utils import add_module
 from qcompiler.core.input_stats import ChannelMean
 from qcompiler.core.meta import GraphState, graph_info, node_info
 from qcompiler.core.observers import make_observer
-from qcompiler.core.op_table import (COMPUTE_OPS, LOOKUP_OPS, SHARED_OPS, WEIGHTED_OPS, canonical_op,
+from qcompiler.core.op_table import (COMPUTE_OPS, LOOKUP_OPS, SHARED_OPS, TUPLE_OPS, WEIGHTED_OPS, canonical_op,
                                      is_tensor_binary, lookup_operand, produces_tensor, tensor_inputs)
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 from qcompiler.core.qconfig import QConfig
@@ -86,9 +86,10 @@ class InsertObservers(Pass):
             if node.op == "call_module" and node.target.startswith("obs_"):
                 continue
             if op in SHARED_OPS and node.args and isinstance(node.args[0], fx.Node) \
-                    and node.args[0] in observed and produces_tensor(node) \
+                    and node.args[0] in observed and (produces_tensor(node) or op in TUPLE_OPS) \
                     and not node_info(node).fused_into:
-                observed[node] = observed[node.args[0]]        # runs on the int8 value
+                # runs on the int8 value (chunk / split: each getitem of the tuple likewise)
+                observed[node] = observed[node.args[0]]
                 continue
             if op not in COMPUTE_OPS or not produces_tensor(node) or node_info(node).fused_into:
                 if op in WEIGHTED_OPS:  # e.g. a conv whose output is not a tensor we can see

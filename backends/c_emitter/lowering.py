@@ -19,6 +19,7 @@ from qcompiler.core.qtypes import QParams
 from qcompiler.core.reference import run_reference
 
 from ..memory_plan import Buffer, MemoryPlan
+from . import lower_shapes
 from .extensions import INTEGER_LOWERINGS, OP_LOWERINGS
 from .lower_transformer import lower_conv1d
 from .literals import c_float
@@ -58,7 +59,8 @@ class Lowering:
     # -- helpers -------------------------------------------------------------------------
 
     def ptr(self, t: QTensor) -> str:
-        return f"QC_BUF({t.buffer.ident})"
+        # a quantized constant lives in the weights blob (lower_shapes.ConstantBuffer)
+        return getattr(t.buffer, "c_expr", None) or f"QC_BUF({t.buffer.ident})"
 
     def weight(self, tensor: torch.Tensor, ctype: str) -> str:
         return f"QC_W({ctype}, {self.blob.add(tensor)})"
@@ -132,7 +134,7 @@ class Lowering:
             elif node.op == "output":
                 self.lower_output(node)
             elif node.op == "get_attr":
-                raise unsupported(node, "constant tensors in the integer graph are not supported")
+                continue            # read at lowering time by the Quantize of it (lower_shapes.lower_constant)
             else:
                 self.lower_node(node)
         self.plan.solve()
@@ -207,7 +209,7 @@ class Lowering:
     def lower_quantize(self, node: fx.Node, mod: Quantize) -> None:
         src = node.args[0]
         if not (isinstance(src, fx.Node) and src in self.inputs):
-            raise unsupported(node, "Quantize of a computed float value (a float island) is not supported")
+            return lower_shapes.lower_constant(self, node, mod)      # else a float island: unsupported
         shape = self.shape_of(node)
         nhwc = len(shape) == 4
         if nhwc and self._quantize_space_to_depth(node, mod, src, shape):
@@ -466,6 +468,8 @@ class Lowering:
         return a, self.as_layout(b, a.layout)
 
     def lower_add(self, node: fx.Node, mod: QAdd) -> None:
+        if lower_shapes.broadcasts(self, node):
+            return lower_shapes.lower_broadcast_add(self, node, mod)
         a, b = self._pair_inputs(node)
         out = self.new_tensor(a.shape, a.layout, mod.output_qparams)
         zo = stored(mod.output_qparams.zero_point_int(), out.signed)
@@ -480,6 +484,8 @@ class Lowering:
         self.values[node] = out
 
     def lower_mul(self, node: fx.Node, mod: QMul) -> None:
+        if lower_shapes.broadcasts(self, node):
+            return lower_shapes.lower_broadcast_mul(self, node, mod)
         a, b = self._pair_inputs(node)
         out = self.new_tensor(a.shape, a.layout, mod.output_qparams)
         rq = RequantArrays.from_requant(mod.requant, 1, out.signed)

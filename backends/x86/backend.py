@@ -35,6 +35,9 @@ SUPPORTED_OPS = frozenset({
 SUPPORTED_OPS = SUPPORTED_OPS | {"lookup"}
 #: the transformer family (lower_transformer.py, qc_rt_transformer.c)
 SUPPORTED_OPS = SUPPORTED_OPS | {"matmul", "softmax", "layer_norm", "conv1d"}
+#: views and copies on int8, quantized constants (lower_shapes.py, qc_rt_shapes.c)
+SUPPORTED_OPS = SUPPORTED_OPS | {"permute", "transpose", "chunk", "split", "tensor_split", "unbind", "narrow",
+                                 "select", "getitem", "expand", "repeat"}
 
 #: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
 ISA_PREFERENCE = (

@@ -102,6 +102,23 @@ _FUNCTION_OPS.update({torch.matmul: "matmul", torch.bmm: "matmul", operator.matm
 _METHOD_OPS.update({"matmul": "matmul", "bmm": "matmul", "softmax": "softmax"})
 COMPUTE_OPS = COMPUTE_OPS | {"matmul", "softmax", "layer_norm"}
 
+# the shapes family: value-preserving views and copies (backends/c_emitter/lower_shapes.py)
+_FUNCTION_OPS.update({
+    torch.t: "transpose", torch.swapaxes: "transpose", torch.swapdims: "transpose", torch.movedim: "permute",
+    torch.moveaxis: "permute", torch.chunk: "chunk", torch.split: "split", torch.tensor_split: "tensor_split",
+    torch.unbind: "unbind", torch.narrow: "narrow", torch.select: "select", operator.getitem: "getitem",
+})
+_METHOD_OPS.update({
+    "t": "transpose", "swapaxes": "transpose", "swapdims": "transpose", "movedim": "permute",
+    "moveaxis": "permute", "chunk": "chunk", "split": "split", "tensor_split": "tensor_split",
+    "unbind": "unbind", "narrow": "narrow", "select": "select", "expand": "expand", "repeat": "repeat",
+})
+#: ``x.mT`` / ``x.T`` (fx records an attribute read as getattr(x, name))
+_VIEW_ATTRIBUTES = {"mT": "transpose", "T": "permute"}
+#: shared ops that return a tuple of tensors (each taken by operator.getitem)
+TUPLE_OPS = frozenset({"chunk", "split", "tensor_split", "unbind"})
+SHARED_OPS = SHARED_OPS | TUPLE_OPS | {"narrow", "select", "getitem", "expand", "repeat"}
+
 
 def canonical_op(node: fx.Node, modules: dict) -> Optional[str]:
     if node.op == "call_module":
@@ -111,6 +128,8 @@ def canonical_op(node: fx.Node, modules: dict) -> Optional[str]:
                 return name
         return None
     if node.op == "call_function":
+        if node.target is getattr and len(node.args) == 2:
+            return _VIEW_ATTRIBUTES.get(node.args[1])
         return _scalar_form(node, _FUNCTION_OPS.get(node.target))
     if node.op == "call_method":
         return _scalar_form(node, _METHOD_OPS.get(node.target))
