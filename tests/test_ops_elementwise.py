@@ -358,3 +358,18 @@ def test_float_reference_is_the_float_function():
     (lut,) = _lookups(qm)
     t = torch.linspace(-6, 6, 97)
     assert torch.equal(lut.float_reference(t), F.relu6(t + 3))
+
+
+@pytest.mark.parametrize("act", ACT_DTYPES)
+def test_lookup_chain_runs_as_one_table(act):
+    """hard-sigmoid written by hand: (x + 3 → relu6) then / 6, two lookups in the reference; the
+    x86 code composes them into one table, exactly (t2[t1[x]])."""
+    if "x86" not in TARGETS:
+        pytest.skip("x86 not available")
+    torch.manual_seed(4)
+    x = 4 * torch.randn(2, 5, 6, 7)
+    qm = _quantize(Unary(lambda x: torch.tanh(F.relu6(x + 3) / 6)), x, act)
+    assert len(_lookups(qm)) == 3
+    compiled = qcompiler.compile(qm, target="x86", pytorch_fallback=False)
+    assert compiled.source.count("qc_rt_lookup(") == 1
+    assert torch.equal(compiled(x), qm(x))

@@ -25,14 +25,36 @@ def stored_table(mod: QLookup, in_signed: bool, out_signed: bool) -> torch.Tenso
 
 
 def lower_lookup(em, node, mod: QLookup) -> None:
-    x = em.value(node.args[0], node, keep_nhwc_flat=True)    # elementwise: any layout will do
+    """One qc_rt_lookup; a chain of lookups, each the only reader of the one before (``x + 3``
+    then ``/ 6``), runs as ONE table: t2[t1[x]] composed here is exactly the reference's two
+    steps, with one pass over memory instead of two."""
+    pending = em.__dict__.setdefault("_lookup_chains", {})    # lookup node -> (its input, table so far)
+    out_signed = mod.output_qparams.qtype.signed
+    if node.args[0] in pending:
+        x, first, what = pending.pop(node.args[0])
+        table = stored_table(mod, first.output_qparams.qtype.signed, out_signed)[first.stored.long()]
+        what = f"{what} then {mod.function!r}"
+    else:
+        x = em.value(node.args[0], node, keep_nhwc_flat=True)    # elementwise: any layout will do
+        table, what = stored_table(mod, x.signed, out_signed), repr(mod.function)
+    users = list(node.users)
+    nxt = em.modules.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+    if isinstance(nxt, QLookup) and users[0].args[0] is node:
+        pending[node] = (x, _Composed(mod.output_qparams, table), what)
+        return
     out = em.new_tensor(x.shape, x.layout, mod.output_qparams)
     out = QTensor(out.shape, out.layout, out.zp, out.signed, out.qparams, out.buffer, x.nhwc_dims)
-    table = em.weight(stored_table(mod, x.signed, out.signed), "uint8_t")
-    em.add_step(f"{mod.source_layer or node.name}: lookup {mod.function!r} {list(x.shape)} ({node.name})",
-                [f"qc_rt_lookup({em.ptr(x)}, {em.ptr(out)}, {x.numel}, {table}, threads);"],
+    em.add_step(f"{mod.source_layer or node.name}: lookup {what} {list(x.shape)} ({node.name})",
+                [f"qc_rt_lookup({em.ptr(x)}, {em.ptr(out)}, {x.numel}, {em.weight(table, 'uint8_t')}, threads);"],
                 reads=[x], writes=[out])
     em.values[node] = out
+
+
+class _Composed:
+    """The stored table of a lookup chain so far, and the qparams of what it produces."""
+
+    def __init__(self, output_qparams, stored):
+        self.output_qparams, self.stored = output_qparams, stored
 
 
 INTEGER_LOWERINGS: dict = {QLookup: lower_lookup}
