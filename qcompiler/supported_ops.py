@@ -28,8 +28,10 @@ def spellings() -> dict:
         out[op].append(f"nn.{cls.__name__}")
     for fn, op in op_table._FUNCTION_OPS.items():
         name = getattr(fn, "__name__", str(fn))
-        home = next((prefix for prefix, mod in (("F.", F), ("torch.", torch), ("operator.", operator))
-                     if getattr(mod, name, None) is fn), "")
+        home = next((prefix for prefix, mod in (("F.", F), ("torch.", torch), ("operator.", operator),
+                                                 ("torch.special.", torch.special))
+                     if getattr(mod, name.removeprefix("special_"), None) is fn), "")
+        name = name.removeprefix("special_") if home == "torch.special." else name
         out[_FUNCTIONAL.get(op, op)].append(home + name)
     for name, op in op_table._METHOD_OPS.items():
         out[op].append(f"x.{name}()")
@@ -40,10 +42,17 @@ def integer_op(op: str) -> str:
     """The integer op a float op becomes ("" when it has none and stays in float)."""
     if op in getattr(op_table, "LOOKUP_OPS", ()):
         return "lookup"
+    if op in getattr(op_table, "_SCALAR_FORMS", {}) and op not in INTEGER_OPS:
+        return "lookup"                 # x - 3, x / 6 (two tensors: float)
     return op if op in INTEGER_OPS else ""
 
 
 def kind(op: str) -> str:
+    if op in getattr(op_table, "_SCALAR_FORMS", {}):
+        pair = "integer kernel" if op in INTEGER_OPS else "float"
+        return f"with a number operand a lookup table; of two tensors {pair}"
+    if op in op_table.FUSABLE_ACTIVATIONS and integer_op(op) == "lookup":
+        return "folded into the producer's clamp, else a lookup table"
     if integer_op(op) in op_table.COMPUTE_OPS or integer_op(op) == "lookup":
         return "integer kernel"
     if op == "batch_norm":

@@ -71,7 +71,7 @@ _LOOKUP_FUNCTIONS = {
 }
 _LOOKUP_METHODS = {
     "sigmoid": "sigmoid", "tanh": "tanh", "abs": "abs", "neg": "neg", "clamp_min": "clamp_min",
-    "clamp_max": "clamp_max", "sub": "sub", "rsub": "sub", "div": "div", "true_divide": "div",
+    "clamp_max": "clamp_max", "sub": "sub", "div": "div", "true_divide": "div",
 }
 _MODULE_OPS.update(_LOOKUP_MODULES)
 _FUNCTION_OPS.update(_LOOKUP_FUNCTIONS)
