@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 
 from qcompiler.core.graph_utils import finalize, get_constant, set_module
+from qcompiler.core.functional_layers import modularize_functional_layers
 from qcompiler.core.meta import GraphState, graph_info
 from qcompiler.core.op_table import WEIGHTED_OPS, canonical_op
 from qcompiler.core.pass_manager import NodeError, Pass, PassContext, PassResult
@@ -69,8 +70,11 @@ class FoldBatchNorm(Pass):
     establishes = frozenset({GraphState.BN_FOLDED})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        modules = dict(gm.named_modules())
         changes = Counter()
+        # F.linear / F.conv on parameters (and a bare nn.Linear / nn.Conv2d model, whose root
+        # forward traces to F.linear on get_attr nodes) as module calls: one spelling from here on
+        changes["functional_layers_as_modules"] = modularize_functional_layers(gm)
+        modules = dict(gm.named_modules())
         for node in ctx.nodes(gm):
             if canonical_op(node, modules) != "batch_norm":
                 continue

@@ -94,6 +94,9 @@ class InsertObservers(Pass):
             if op not in COMPUTE_OPS or not produces_tensor(node) or node_info(node).fused_into:
                 if op in WEIGHTED_OPS:  # e.g. a conv whose output is not a tensor we can see
                     node_info(node).float_reason = "not a tensor-valued layer"
+                elif op in ("conv1d_functional", "conv2d_functional", "linear_functional"):
+                    # parameter weights became modules in fold_batchnorm; this one is computed
+                    node_info(node).float_reason = "its weight is computed in the graph, not a parameter"
                 continue
             layer = node_info(node).source_layer or node.name
             cfg = ctx.config.for_layer(layer)

@@ -243,3 +243,74 @@ def test_conv1d(target, groups, cpg, opg, k, stride, padding, dilation, length, 
     layers = [nn.Conv1d(groups * cpg, groups * opg, k, stride, padding, dilation, groups)] + ([nn.ReLU()] if relu else [])
     assert_native_bit_exact(nn.Sequential(*layers), torch.randn(2, groups * cpg, length), target, mode, act,
                             ["conv1d"])
+
+
+class FunctionalLayers(nn.Module):
+    """F.conv2d / F.linear on the module's own parameters, a BatchNorm after the conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.cw, self.cb = nn.Parameter(torch.randn(6, 3, 3, 3) * 0.3), nn.Parameter(torch.randn(6) * 0.1)
+        self.bn = nn.BatchNorm2d(6)
+        self.lw, self.lb = nn.Parameter(torch.randn(5, 6 * 16) * 0.1), nn.Parameter(torch.randn(5) * 0.1)
+
+    def forward(self, x):
+        y = F.relu(self.bn(F.conv2d(x, self.cw, self.cb, stride=2, padding=1)))
+        return F.linear(y.flatten(1), self.lw, self.lb)
+
+
+class FunctionalConv1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 2, 3) * 0.4)
+
+    def forward(self, x):
+        return F.conv1d(x, self.w, None, 1, 1, 1, 2)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
+@pytest.mark.parametrize("case", ["bare linear", "bare conv2d", "bare conv1d", "functional", "functional conv1d"])
+def test_functional_and_bare_layers(target, mode, case):
+    """A model that IS one nn.Linear / nn.Conv (fx traces the root's forward into F.linear on
+    get_attr nodes) and F.linear / F.conv on parameters quantize and compile natively."""
+    torch.manual_seed(3)
+    model, x, ops = {
+        "bare linear": (nn.Linear(64, 32), torch.randn(4, 64), ["linear"]),
+        "bare conv2d": (nn.Conv2d(3, 8, 3, padding=1), torch.randn(2, 3, 8, 8), ["conv2d"]),
+        "bare conv1d": (nn.Conv1d(3, 8, 3), torch.randn(2, 3, 12), ["conv1d"]),
+        "functional": (FunctionalLayers(), torch.randn(2, 3, 8, 8), ["conv2d", "linear"]),
+        "functional conv1d": (FunctionalConv1d(), torch.randn(2, 4, 10), ["conv1d"]),
+    }[case]
+    assert_native_bit_exact(model, x, target, mode, op_names=ops)
+
+
+def test_functional_layers_fold_batchnorm_and_keep_layer_names():
+    torch.manual_seed(4)
+    model = FunctionalLayers().eval()
+    x = torch.randn(2, 3, 8, 8)
+    qm = quantize_model(model, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in qm.graph_module.modules())
+    layers = sorted(m.source_layer for m in qm.graph_module.modules() if getattr(m, "op_name", "") in ("conv2d", "linear"))
+    assert layers == ["conv2d", "linear"]
+    # the quantized model still tracks the float one
+    assert float((qm(x) - model(x)).abs().max()) < 0.1 * float(model(x).abs().max())
+
+
+class ComputedWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 5))
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.fc(F.linear(x, self.w.t()))
+
+
+def test_functional_layer_on_computed_weight_stays_float():
+    """F.linear on ``self.w.t()`` has no constant weight: it is left as it is (in float)."""
+    torch.manual_seed(5)
+    model, x = ComputedWeight().eval(), torch.randn(3, 8)
+    qm = quantize_model(model, x)
+    assert [m.op_name for m in qm.graph_module.modules() if getattr(m, "op_name", "") == "linear"] == ["linear"]
+    assert any(n.op == "call_function" and n.target is F.linear for n in qm.graph_module.graph.nodes)
