@@ -255,7 +255,9 @@ def build_layer_norm(gm, head, in_qps, out_qp, mode, act, layer, modules) -> QLa
         shape, gamma, beta, eps = ln.normalized_shape, ln.weight, ln.bias, ln.eps
     else:   # F.layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5)
         shape = _arg(head, 1, "normalized_shape", None)
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        shape = (shape,) if not isinstance(shape, (tuple, list, torch.Size)) else tuple(shape)
+        if not all(isinstance(v, int) for v in shape):   # sizes read from x.shape: the traced values
+            shape = _value_shape(head.args[0])[len(_value_shape(head.args[0])) - len(shape):]
         gamma = _constant(gm, _arg(head, 2, "weight", None))
         beta = _constant(gm, _arg(head, 3, "bias", None))
         eps = float(_arg(head, 4, "eps", 1e-5))
