@@ -25,8 +25,13 @@ from qcompiler.zoo import (
 SMALL = 64  # image size for fast tests; adaptive pooling makes the convnets size-agnostic
 
 
+#: builder arguments for a fast copy of the models whose shapes are fixed at construction
+SMALL_KWARGS = {"vit_tiny": dict(img_size=SMALL, depth=2), "bert_encoder": dict(num_layers=2)}
+
+
 def _small_model(name):
-    return prepare_random_model(name, seed=0, calib_images=8, batch_size=4, size=SMALL)
+    return prepare_random_model(name, seed=0, calib_images=8, batch_size=4, size=SMALL,
+                                **SMALL_KWARGS.get(name, {}))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

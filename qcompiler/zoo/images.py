@@ -49,6 +49,15 @@ BN_SEED = 2
 TOKEN_SEQ_LEN = 16
 TOKEN_FEATURES = 32
 MLP_FEATURES = 256
+# "bert_encoder": sequence length of the benchmarks; ids are drawn from the ordinary word
+# pieces of the uncased BERT vocabulary (ids below 1996 are special, unused or single characters)
+BERT_SEQ_LEN = 128
+BERT_WORD_IDS = (1996, 30522)
+BERT_CLS_ID, BERT_SEP_ID = 101, 102
+# "lstm_classifier": steps and features per step
+LSTM_SEQ_LEN = 24
+LSTM_FEATURES = 32
+IMAGE_MODELS = ("resnet18", "mobilenet_v2", "vit_tiny")
 
 
 def _generator(seed: int, index: int) -> torch.Generator:
@@ -126,17 +135,29 @@ def calibration_batches(
     return [b.contiguous() for b in images.split(batch_size)]
 
 
-def sample_inputs(name: str, n: int, size: int = 224, seed: int = EVAL_SEED) -> Tensor:
-    """Inputs of the right shape for the zoo model ``name``: images for the convnets,
-    ``[n, TOKEN_SEQ_LEN, TOKEN_FEATURES]`` tokens for "transformer", ``[n, 256]`` for "mlp".
+def sample_inputs(name: str, n: int, size: int = 224, seed: int = EVAL_SEED,
+                  seq_len: Optional[int] = None) -> Tensor:
+    """Inputs of the right shape for the zoo model ``name``: images of ``size`` for the
+    convnets and "vit_tiny"; ``[n, TOKEN_SEQ_LEN, TOKEN_FEATURES]`` tokens for "transformer";
+    ``[n, 256]`` for "mlp"; ``int64[n, seq_len]`` token ids ([CLS], word pieces, [SEP];
+    default length 128) for "bert_encoder"; ``[n, seq_len or 24, 32]`` for "lstm_classifier".
     """
-    if name in ("resnet18", "mobilenet_v2"):
+    if name in IMAGE_MODELS:
         return smooth_random_images(n, size=size, seed=seed)
     g = _generator(seed, 0)
     if name == "transformer":
         return torch.randn(n, TOKEN_SEQ_LEN, TOKEN_FEATURES, generator=g)
     if name == "mlp":
         return torch.randn(n, MLP_FEATURES, generator=g)
+    if name == "bert_encoder":
+        length = BERT_SEQ_LEN if seq_len is None else seq_len
+        if length < 2:
+            raise ValueError(f"bert_encoder inputs need seq_len >= 2 ([CLS] and [SEP]), got {length}")
+        ids = torch.randint(*BERT_WORD_IDS, (n, length), generator=g)
+        ids[:, 0], ids[:, -1] = BERT_CLS_ID, BERT_SEP_ID
+        return ids
+    if name == "lstm_classifier":
+        return torch.randn(n, LSTM_SEQ_LEN if seq_len is None else seq_len, LSTM_FEATURES, generator=g)
     raise KeyError(f"unknown zoo model {name!r}")
 
 
