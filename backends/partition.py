@@ -53,10 +53,37 @@ class TargetSupport(OperatorSupportBase):
 
     def __init__(self, ops: frozenset, values: dict, excluded: set):
         self.ops, self.values, self.excluded = ops, values, excluded
+        self._static: dict = {}
+
+    def _static_shape_math(self, submodules, node: fx.Node) -> bool:
+        """A number or a shape (``x.size()``, ``n // 2``) computed from int8 values for native
+        consumers only: static inside a program compiled for fixed shapes, so it joins the segment
+        (left in PyTorch it would cut a segment at every ShuffleNet channel shuffle)."""
+        return self._from_int8(node) and self._feeds_native(submodules, node)
+
+    def _from_int8(self, node: fx.Node) -> bool:
+        """Non-tensor, computed only from int8 tensors and such numbers (looking upward)."""
+        key = ("up", node)
+        if key not in self._static:
+            self._static[key] = node.op in _CALLS and not _is_tensor_value(self.values.get(node.name)) and all(
+                _quantized(self.values.get(a.name)) or self._from_int8(a) for a in node.all_input_nodes)
+        return self._static[key]
+
+    def _feeds_native(self, submodules, node: fx.Node) -> bool:
+        """Read only by nodes the target covers (looking downward)."""
+        key = ("down", node)
+        if key not in self._static:
+            self._static[key] = bool(node.users) and all(
+                u.op != "output" and u.name not in self.excluded and (
+                    self._feeds_native(submodules, u) if not _is_tensor_value(self.values.get(u.name))
+                    else self.is_node_supported(submodules, u)) for u in node.users)
+        return self._static[key]
 
     def is_node_supported(self, submodules, node: fx.Node) -> bool:
         if node.op not in _CALLS or node.name in self.excluded:
             return False
+        if not _is_tensor_value(self.values.get(node.name)):
+            return self._static_shape_math(submodules, node)
         mod = submodules.get(node.target) if node.op == "call_module" else None
         if isinstance(mod, (Quantize, Dequantize)):
             return True
@@ -64,7 +91,7 @@ class TargetSupport(OperatorSupportBase):
             return mod.op_name in self.ops
         if not _quantized(self.values.get(node.name)):
             return False
-        inputs = [a for a in node.all_input_nodes if isinstance(self.values.get(a.name), (torch.Tensor, tuple, list))]
+        inputs = [a for a in node.all_input_nodes if _is_tensor_value(self.values.get(a.name))]
         return all(_quantized(self.values.get(a.name)) for a in inputs) and \
             canonical_op(node, submodules) in self.ops
 

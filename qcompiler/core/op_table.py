@@ -120,6 +120,18 @@ TUPLE_OPS = frozenset({"chunk", "split", "tensor_split", "unbind"})
 SHARED_OPS = SHARED_OPS | TUPLE_OPS | {"narrow", "select", "getitem", "expand", "repeat"}
 
 
+def _is_eval_stochastic_depth(node: fx.Node) -> bool:
+    """torchvision.ops.stochastic_depth(x, p, mode, training=False) (EfficientNet, ConvNeXt):
+    the identity at inference, like dropout (matched by name: the op table does not import
+    torchvision)."""
+    fn = node.target
+    if getattr(fn, "__name__", "") != "stochastic_depth" or \
+            not getattr(fn, "__module__", "").startswith("torchvision.ops"):
+        return False
+    training = node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True)
+    return training is False
+
+
 def canonical_op(node: fx.Node, modules: dict) -> Optional[str]:
     if node.op == "call_module":
         mod = modules.get(node.target)
@@ -130,6 +142,8 @@ def canonical_op(node: fx.Node, modules: dict) -> Optional[str]:
     if node.op == "call_function":
         if node.target is getattr and len(node.args) == 2:
             return _VIEW_ATTRIBUTES.get(node.args[1])
+        if _is_eval_stochastic_depth(node):
+            return "dropout"
         return _scalar_form(node, _FUNCTION_OPS.get(node.target))
     if node.op == "call_method":
         return _scalar_form(node, _METHOD_OPS.get(node.target))
