@@ -33,18 +33,22 @@ class QuantizedModel(torch.nn.Module):
         self.target = target              # whose capabilities the passes quantized for
         self._example_inputs = example_inputs
         self._input_shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in example_inputs]
+        self._input_dtypes = [t.dtype if isinstance(t, torch.Tensor) else None for t in example_inputs]
         self.pipeline_result = pipeline_result
         self._report: Optional[QuantReport] = None
 
     def check_inputs(self, inputs: tuple) -> None:
         if len(inputs) != len(self._input_shapes):
             raise ValueError(f"expected {len(self._input_shapes)} inputs, got {len(inputs)}")
-        for i, (x, shape) in enumerate(zip(inputs, self._input_shapes)):
+        for i, (x, shape, dtype) in enumerate(zip(inputs, self._input_shapes, self._input_dtypes)):
             if shape is None:
                 continue
-            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-                raise TypeError(f"input {i} must be a float tensor, got "
-                                f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            if not dtype.is_floating_point:         # token ids and other integer inputs: as quantized
+                if not isinstance(x, torch.Tensor) or x.dtype != dtype:
+                    raise TypeError(f"input {i} must be a {dtype} tensor like the example input, got {got}")
+            elif not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                raise TypeError(f"input {i} must be a float tensor, got {got}")
             if x.dim() != len(shape) or tuple(x.shape[1:]) != shape[1:]:
                 raise ValueError(f"input {i} has shape {tuple(x.shape)}, but the model was quantized for "
                                  f"(N, {', '.join(map(str, shape[1:]))}); quantize again with "
