@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
 
+from qcompiler.core.graph_utils import reads_shape, shape_only
 from qcompiler.core.integer_ops import Dequantize, IntegerOp, Quantize
 from qcompiler.core.op_table import canonical_op
 from qcompiler.core.provenance import user_label
@@ -62,11 +63,14 @@ class TargetSupport(OperatorSupportBase):
         return self._from_int8(node) and self._feeds_native(submodules, node)
 
     def _from_int8(self, node: fx.Node) -> bool:
-        """Non-tensor, computed only from int8 tensors and such numbers (looking upward)."""
+        """Non-tensor, computed only from int8 tensors, the shape of any tensor (static in a
+        program compiled for fixed shapes: BERT's ``input_ids.shape[1]``, passed in as a number)
+        and such numbers (looking upward)."""
         key = ("up", node)
         if key not in self._static:
-            self._static[key] = node.op in _CALLS and not _is_tensor_value(self.values.get(node.name)) and all(
-                _quantized(self.values.get(a.name)) or self._from_int8(a) for a in node.all_input_nodes)
+            self._static[key] = node.op in _CALLS and not _is_tensor_value(self.values.get(node.name)) and (
+                reads_shape(node) or all(_quantized(self.values.get(a.name)) or self._from_int8(a)
+                                         for a in node.all_input_nodes))
         return self._static[key]
 
     def _feeds_native(self, submodules, node: fx.Node) -> bool:
@@ -239,15 +243,17 @@ def plan_for(gm: fx.GraphModule, example_inputs: tuple, ops: frozenset,
 
 class NativeSegment(torch.nn.Module):
     """One compiled segment inside the split graph: takes the segment's arguments, passes the
-    tensors to the native module (numbers were static when it was compiled)."""
+    tensors to the native module (numbers, and tensors read only for their shape, were static
+    when it was compiled)."""
 
-    def __init__(self, native: torch.nn.Module, name: str):
+    def __init__(self, native: torch.nn.Module, name: str, segment: fx.GraphModule):
         super().__init__()
         self.native = native
         self.segment_name = name
+        self._passed = [not shape_only(ph) for ph in segment.graph.nodes if ph.op == "placeholder"]
 
     def forward(self, *args):
-        return self.native(*[a for a in args if isinstance(a, torch.Tensor)])
+        return self.native(*[a for a, passed in zip(args, self._passed) if passed and isinstance(a, torch.Tensor)])
 
 
 class PartitionedModel(torch.nn.Module):
@@ -269,8 +275,8 @@ class PartitionedModel(torch.nn.Module):
     def _build(self, example_inputs: tuple) -> fx.GraphModule:
         template = self.plan.graph_module
         args = segment_inputs(self.plan, example_inputs)
-        natives = {name: NativeSegment(self._compile_segment(template.get_submodule(name), args[name]), name)
-                   for name in self.plan.segments}
+        natives = {name: NativeSegment(self._compile_segment(template.get_submodule(name), args[name]), name,
+                                       template.get_submodule(name)) for name in self.plan.segments}
         root = {}
         for node in template.graph.nodes:
             if node.op in ("call_module", "get_attr"):

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
+from qcompiler.core import embedding_ops
+from qcompiler.core import reduce_ops
 from qcompiler.core.graph_utils import add_module
 from qcompiler.core.input_stats import ChannelMean
 from qcompiler.core.meta import GraphState, graph_info, node_info
@@ -39,6 +41,8 @@ def _float_reason(node, op, modules, cfg, caps) -> Optional[str]:
         return f"the target has no integer {op}"
     if op in ("add", "mul", "matmul") and not is_tensor_binary(node):
         return f"{op} with a scalar operand"
+    if op == "mean" and reduce_ops.float_reason(node):
+        return reduce_ops.float_reason(node)
     if op == "cat" and not isinstance(node.args[0] if node.args else None, (list, tuple)):
         return "cat of a non-literal list"
     info = node_info(node)
@@ -48,6 +52,8 @@ def _float_reason(node, op, modules, cfg, caps) -> Optional[str]:
         mod = modules[node.target]
         if getattr(mod, "padding_mode", "zeros") != "zeros":
             return f"padding_mode={mod.padding_mode}"
+    if op == "embedding":
+        return embedding_ops.float_reason(modules[node.target]) or None
     return None
 
 
@@ -121,6 +127,8 @@ class InsertObservers(Pass):
             act = node_info(node).fused_activation
             out = next(iter(node.users)) if act is not None else node
             observe(out, cfg)
+            if op == "embedding":       # any row may be looked up: the range covers the whole table
+                gm.get_submodule(observed[out].target)(modules[node.target].weight.detach())
             changes[f"quantized_{op}"] += 1
         return PassResult(gm, changes)
 

@@ -23,8 +23,10 @@ from qcompiler.core.integer_ops import (AccumulatorOverflowError, IntegerOp, QAd
                                         QRequantize, Dequantize, Quantize, Requant,
                                         check_accumulator, real_multiplier)
 from qcompiler.core.meta import GraphState, graph_info, has_node_info, node_info
-from qcompiler.core import lookup_ops, transformer_ops
-from qcompiler.core.op_table import COMPUTE_OPS, SHARED_OPS, canonical_op, produces_tensor, tensor_inputs
+from qcompiler.core import embedding_ops, lookup_ops, transformer_ops
+from qcompiler.core import reduce_ops
+from qcompiler.core.op_table import (COMPUTE_OPS, INDEX_OPS, SHARED_OPS, canonical_op, produces_tensor,
+                                     tensor_inputs)
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 from qcompiler.core.provenance import user_label
 from qcompiler.core.qtypes import INT32, QParams
@@ -32,7 +34,8 @@ from qcompiler.core.quantize import quantize
 
 #: op -> builder(gm, head, in_qps, out_qp, mode, act, layer, modules) -> IntegerOp, for the op
 #: families that live in their own core modules
-_BUILDERS = {**lookup_ops.BUILDERS, **transformer_ops.BUILDERS}
+_BUILDERS = {**lookup_ops.BUILDERS, **transformer_ops.BUILDERS, **embedding_ops.BUILDERS}
+_BUILDERS.update(reduce_ops.BUILDERS)
 
 _FUNCTIONAL_NAMES = {"conv1d_functional": "conv1d", "conv2d_functional": "conv2d",
                      "linear_functional": "linear"}
@@ -94,6 +97,8 @@ class LowerToInteger(Pass):
             return None
         in_qps = [d.qparams for d in dqs]
         int_inputs = tuple(x.args[0] for x in inputs)
+        if op in INDEX_OPS:             # the integer indices, as they are
+            int_inputs = (head.args[0], *int_inputs)
         mode, act, layer = info.qconfig.requant_mode, info.fused_activation, info.source_layer
         try:
             module = self._build(gm, op, head, in_qps, out_qp, mode, act, layer, modules)

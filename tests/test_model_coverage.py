@@ -52,7 +52,7 @@ SQNR_FLOORS = {
     # the class token (std 0.02 at init) shares its per-tensor scale with patch tokens ~25x
     # larger, so the row the head reads is a few quantization steps: 8.9; PyTorch FX int8 3.5
     "vit_tiny": 5.0,
-    # 2 random-init post-LN layers (float embeddings for now): 30.5
+    # 2 random-init post-LN layers, integer embeddings: 30.5
     "bert_encoder": 20.0,
     # all-MiniLM-L6-v2, real weights on real text: 3.3 dB. The FFN output dense and its
     # residual add carry BERT's outlier channels (a few dimensions far larger than the rest),
@@ -72,17 +72,9 @@ ALLOWED_IN_PYTORCH = {
 SLOW = {"efficientnet_b0", "convnext_tiny", "regnet_x_400mf"}
 
 #: test -> model -> (exception raised now, what it waits for)
-_BERT_WAITS = ("waiting for token-id (int64) inputs in QuantizedModel.check_inputs (TypeError), then "
-               "for the partitioner: torch's CapabilityBasedPartitioner.propose_partitions loops "
-               "forever on `weight[:x.shape[1]]` (its getitem re-assignment moves the slice between "
-               "the partitions of its two producers; TimeoutError here)")
-_BERT_RAISES = (TypeError, TimeoutError)
 WAITING = {
-    "compile": {"bert_encoder": (_BERT_RAISES, _BERT_WAITS)},
+    "compile": {},
     "native": {
-        "tiny_transformer": (AssertionError, "waiting for an integer mean (x.mean(dim=1))"),
-        "shufflenet_v2_x0_5": (AssertionError, "waiting for an integer mean (x.mean([2, 3]))"),
-        "bert_encoder": (_BERT_RAISES, _BERT_WAITS),
     },
 }
 
@@ -184,7 +176,6 @@ SENTENCES = [
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=_BERT_RAISES, reason=_BERT_WAITS)
 def test_minilm_real_weights_compile_and_keep_paraphrases_close():
     """all-MiniLM-L6-v2 (real weights) on real text, padded to BERT_SEQ_LEN with [PAD] (the
     compiled forward has no attention mask, so padding is attended to by float and integer

@@ -14,12 +14,13 @@ import torch.fx as fx
 from qcompiler.core.integer_ops import (Dequantize, IntegerOp, QAdaptiveAvgPool2d, QAdd, QAvgPool2d, QCat,
                                         QConv, QLinear, QMul, QRequantize, Quantize, Requant,
                                         real_multiplier)
+from qcompiler.core.graph_utils import shape_only
 from qcompiler.core.op_table import canonical_op
 from qcompiler.core.qtypes import QParams
 from qcompiler.core.reference import run_reference
 
 from ..memory_plan import Buffer, MemoryPlan
-from . import lower_shapes
+from . import lower_embedding, lower_shapes
 from .extensions import INTEGER_LOWERINGS, OP_LOWERINGS
 from .lower_transformer import lower_conv1d
 from .literals import c_float
@@ -49,6 +50,7 @@ class Lowering:
         self.steps: list[Step] = []
         self.values: dict[fx.Node, QTensor] = {}
         self.inputs: dict[fx.Node, int] = {}
+        self.index_inputs: dict[fx.Node, int] = {}      # token ids, read in place by embeddings
         self.input_specs: list[IOSpec] = []
         self.output_specs: list[IOSpec] = []
         self._converted: dict[tuple, QTensor] = {}
@@ -188,12 +190,16 @@ class Lowering:
         qparams partitioning recorded in ``node.meta[INPUT_QPARAMS]``), or a number (a size the
         PyTorch side computed: shapes are static here, so it is not an input of the C)."""
         value = self.shapes.get(node.name)
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or shape_only(node):
             return
         index, shape = len(self.input_specs), tuple(value.shape)
         if value.is_floating_point():
             self.inputs[node] = index
             self.input_specs.append(IOSpec(node.name, shape, "float32"))
+            return
+        if lower_embedding.is_index_input(node):
+            self.index_inputs[node] = index
+            self.input_specs.append(IOSpec(node.name, shape, "int64", index_rows=lower_embedding.index_rows(node)))
             return
         qp = node.meta.get(INPUT_QPARAMS)
         if qp is None or value.dtype != qp.qtype.storage:

@@ -146,6 +146,8 @@ class IOSpec:
     #: an int8/uint8 value crossing into or out of the program as integers (a segment boundary
     #: next to an op that runs in PyTorch), not through a quantize/dequantize
     raw: bool = False
+    #: an integer index input (token ids) into tables of this many rows: valid indices are below it
+    index_rows: int = 0
 
 
 @dataclass

@@ -257,3 +257,13 @@ void qc_rt_mul_strided(const uint8_t *a, const uint8_t *b, uint8_t *y, int ndim,
     if (!qc_walk_init(&job.w, ndim, size, stride_a, stride_b, threads)) return;
     QC_RT_PARALLEL_FOR(qc_mul_rows, &job, job.w.chunks, job.w.threads);
 }
+
+QC_RT_EXPORT int qc_rt_embedding(const int64_t *ids, int64_t n, const uint8_t *table, int64_t rows, int64_t dim,
+                                 uint8_t *y)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= rows) return -1;
+    for (int64_t i = 0; i < n; i++)
+        memcpy(y + i * dim, table + ids[i] * dim, (size_t)dim);
+    return 0;
+}

@@ -27,4 +27,10 @@ QC_RT_EXPORT void qc_rt_mul_strided(const uint8_t *a, const uint8_t *b, uint8_t 
                                     const int64_t *stride_a, const int64_t *stride_b, int32_t za, int32_t zb,
                                     const qc_rq *rq, int threads);
 
+/* QEmbedding (qcompiler/core/embedding_ops.py): y[i, :] = table[ids[i], :] for i < n, rows of
+ * `dim` stored bytes. Every index is checked against [0, rows) before any row is copied;
+ * returns 0, or -1 (nothing written) when one is outside */
+QC_RT_EXPORT int qc_rt_embedding(const int64_t *ids, int64_t n, const uint8_t *table, int64_t rows, int64_t dim,
+                                 uint8_t *y);
+
 #endif

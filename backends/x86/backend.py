@@ -38,6 +38,11 @@ SUPPORTED_OPS = SUPPORTED_OPS | {"matmul", "softmax", "layer_norm", "conv1d"}
 #: views and copies on int8, quantized constants (lower_shapes.py, qc_rt_shapes.c)
 SUPPORTED_OPS = SUPPORTED_OPS | {"permute", "transpose", "chunk", "split", "tensor_split", "unbind", "narrow",
                                  "select", "getitem", "expand", "repeat"}
+#: reductions (lower_reduce.py, qc_rt_reduce.c)
+SUPPORTED_OPS = SUPPORTED_OPS | {"mean"}
+
+#: embedding lookups on int64 indices (lower_embedding.py, qc_rt_embedding in qc_rt_shapes.c)
+SUPPORTED_OPS = SUPPORTED_OPS | {"embedding"}
 
 #: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
 ISA_PREFERENCE = (
@@ -196,7 +201,7 @@ def runtime_include_dirs() -> list[str]:
     return [str(C_RUNTIME_DIR), str(GLUE_DIR)]
 
 
-MODEL_INCLUDES = ["qc_runtime.h", "qc_rt_elementwise.h", "qc_rt_shapes.h", "qc_rt_transformer.h",
+MODEL_INCLUDES = ["qc_runtime.h", "qc_rt_elementwise.h", "qc_rt_shapes.h", "qc_rt_transformer.h", "qc_rt_reduce.h",
                   "qc_x86_gemm_call.h"]
 
 

@@ -34,9 +34,10 @@ import torch
 from .. import toolchain
 from ..c_emitter import MODEL_HEADER
 
-_DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "float32": torch.float32}
+_DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "float32": torch.float32, "int64": torch.int64}
 _MODEL_ERRORS = {-1: "a required pointer is NULL", -2: "weights do not match this model (size or digest)",
-                 -3: "model not initialized", -4: "out of memory", -5: "a buffer or the arena has the wrong size"}
+                 -3: "model not initialized", -4: "out of memory", -5: "a buffer or the arena has the wrong size",
+                 -6: "an index input is outside its embedding table"}
 BUNDLE_FORMAT = 1
 
 
@@ -93,6 +94,7 @@ class X86CompiledModel(torch.nn.Module):
         man = self.native.manifest
         self.input_shapes = [tuple(s["shape"]) for s in man["inputs"]]
         self.input_dtypes = [_DTYPES[s["dtype"]] for s in man["inputs"]]
+        self.input_index_rows = [int(s.get("index_rows", 0)) for s in man["inputs"]]
         self.output_specs = man["outputs"]
         self.tuple_output = bool(man.get("tuple_output"))
         self.batch = self.input_shapes[0][0] if self.input_shapes and self.input_shapes[0] else 1
@@ -109,17 +111,31 @@ class X86CompiledModel(torch.nn.Module):
     def manifest(self) -> dict:
         return self.native.manifest
 
+    def describe(self) -> str:
+        """What runs where (as PartitionedModel.describe): here, all of it in one native program."""
+        return (f"1 x86 program ({int(self.native.cdll.qc_model_num_steps())} steps, {self.isa}), "
+                "0 op(s) in PyTorch, 0 boundary crossing(s) per call")
+
     def _threads(self) -> int:
         return int(self.threads) if self.threads else torch.get_num_threads()
 
     def check_inputs(self, inputs: tuple) -> list[torch.Tensor]:
         if len(inputs) != len(self.input_shapes):
             raise ValueError(f"expected {len(self.input_shapes)} input tensors, got {len(inputs)}")
-        checked = []
+        checked, names = [], [s["name"] for s in self.manifest["inputs"]]
         for i, (x, shape, dtype) in enumerate(zip(inputs, self.input_shapes, self.input_dtypes)):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
-            if dtype != torch.float32:          # integers crossing a segment boundary, as they are
+            rows = self.input_index_rows[i]
+            if rows:                            # token ids: any integer type, checked against the table
+                if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+                    raise TypeError(f"input {i} holds indices (token ids) and must be an integer tensor, "
+                                    f"got {x.dtype}")
+                if x.numel() and (int(x.min()) < 0 or int(x.max()) >= rows):
+                    bad = int(x.min()) if int(x.min()) < 0 else int(x.max())
+                    raise IndexError(f"input {i} ({names[i]}) holds index {bad}, outside the embedding table's {rows} rows "
+                                     f"(valid indices are 0..{rows - 1})")
+            elif dtype != torch.float32:        # integers crossing a segment boundary, as they are
                 if x.dtype != dtype:
                     raise TypeError(f"input {i} must be a {dtype} tensor, got {x.dtype}")
             elif not x.is_floating_point():

@@ -36,6 +36,20 @@ def get_constant(gm: fx.GraphModule, node) -> torch.Tensor:
     return obj
 
 
+def reads_shape(node: fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.size(d)``, ``x.dim()``: only the shape of a tensor."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) == 2 and node.args[1] in ("shape", "ndim")
+    return node.op == "call_method" and node.target in ("size", "dim") and \
+        all(not isinstance(a, fx.Node) for a in node.args[1:])
+
+
+def shape_only(node: fx.Node) -> bool:
+    """A value read only for its shape (BERT's ``input_ids.shape[1]``): in a program compiled
+    for fixed shapes it is no input at all."""
+    return bool(node.users) and all(reads_shape(u) for u in node.users)
+
+
 def finalize(gm: fx.GraphModule) -> fx.GraphModule:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()

@@ -35,6 +35,10 @@ INTEGER_OPS = frozenset({
 INTEGER_OPS = INTEGER_OPS | {"lookup"}
 #: the transformer family (core/transformer_ops.py)
 INTEGER_OPS = INTEGER_OPS | {"matmul", "softmax", "layer_norm"}
+#: reductions (core/reduce_ops.py)
+INTEGER_OPS = INTEGER_OPS | {"mean"}
+#: embedding lookups (core/embedding_ops.py)
+INTEGER_OPS = INTEGER_OPS | {"embedding"}
 #: value-preserving views and copies on int8 (core/op_table.py SHARED_OPS of the shapes family)
 INTEGER_OPS = INTEGER_OPS | {"chunk", "split", "tensor_split", "unbind", "narrow", "select", "getitem", "expand",
                              "repeat"}

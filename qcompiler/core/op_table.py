@@ -102,6 +102,18 @@ _FUNCTION_OPS.update({torch.matmul: "matmul", torch.bmm: "matmul", operator.matm
 _METHOD_OPS.update({"matmul": "matmul", "bmm": "matmul", "softmax": "softmax"})
 COMPUTE_OPS = COMPUTE_OPS | {"matmul", "softmax", "layer_norm"}
 
+# reductions (core/reduce_ops.py): the mean over any dims of an activation
+_FUNCTION_OPS.update({torch.mean: "mean"})
+_METHOD_OPS.update({"mean": "mean"})
+COMPUTE_OPS = COMPUTE_OPS | {"mean"}
+
+# embedding lookups (core/embedding_ops.py): int64 indices in, rows of an int8 table out
+_MODULE_OPS.update({nn.Embedding: "embedding"})
+COMPUTE_OPS = COMPUTE_OPS | {"embedding"}
+#: compute ops whose first argument is an integer index tensor, passed to the integer op as it
+#: is (not observed, not quantized)
+INDEX_OPS = frozenset({"embedding"})
+
 # the shapes family: value-preserving views and copies (backends/c_emitter/lower_shapes.py)
 _FUNCTION_OPS.update({
     torch.t: "transpose", torch.swapaxes: "transpose", torch.swapdims: "transpose", torch.movedim: "permute",
@@ -179,6 +191,8 @@ def tensor_inputs(node: fx.Node, op: str) -> list:
     what the integer op reads)."""
     if op == "cat":
         return list(node.args[0]) if node.args else list(node.kwargs.get("tensors", ()))
+    if op in INDEX_OPS:
+        return []
     if op in _BINARY_OPS:
         return list(node.args[:2])
     if op in LOOKUP_OPS and lookup_operand(node) is not None:
