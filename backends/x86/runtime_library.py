@@ -20,7 +20,7 @@ C_RUNTIME_DIR = Path(__file__).resolve().parent.parent / "c_runtime"
 GLUE_DIR = Path(__file__).resolve().parent / "runtime"
 #: files of the runtime TU after the GEMM source, in order
 #: the runtime's op families beside qc_runtime.c (header, source), each its own file
-FAMILIES = ("elementwise", "shapes", "transformer")
+FAMILIES = ("elementwise", "shapes", "transformer", "reduce")
 FAMILY_HEADERS = tuple(C_RUNTIME_DIR / f"qc_rt_{f}.h" for f in FAMILIES)
 RUNTIME_FILES = (C_RUNTIME_DIR / "qc_runtime.h", C_RUNTIME_DIR / "qc_runtime.c",
                  *(p for f in FAMILIES for p in (C_RUNTIME_DIR / f"qc_rt_{f}.h", C_RUNTIME_DIR / f"qc_rt_{f}.c")),
