@@ -187,6 +187,11 @@ void qc_rt_quantize_s2d(const float *x, uint8_t *q, const qc_window *g, float sc
 void qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw, int nhwc,
                     float scale, int32_t zp, int32_t qmin, int32_t qmax, int threads)
 {
+    if (!nhwc || c == 1 || hw == 1) {       /* one contiguous run ([M, K] rows too): split it evenly */
+        hw *= c * n;
+        c = n = 1;
+        nhwc = 0;
+    }
     const int64_t blocks = (hw + QC_BOUNDARY_BLOCK - 1) / QC_BOUNDARY_BLOCK;
     const qc_quantize_job job = {x, q, c, hw, blocks, nhwc, scale, zp, qmin, qmax};
     QC_RT_PARALLEL_FOR(qc_quantize_chunk, &job, n * blocks, qc_rt_threads(threads, n * c * hw));
