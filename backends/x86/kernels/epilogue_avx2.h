@@ -96,4 +96,35 @@ QC_AVX2_FN void qc_store8(const qc_task *t, __m256i acc, int64_t i, int64_t j, i
     memcpy(dst, tmp, (size_t)cnt);
 }
 
+/* The common case hoisted out of qc_store8: uint8 output, fp32 requantization, 16 full
+ * columns of one row per call. The caller builds the constants once per tile (qc_store8
+ * re-reads them from the task after every byte store, which may alias it). Same results as
+ * qc_store8: the clamp bounds are integers, so clamping before vcvtps2dq's rounding (MXCSR,
+ * nearest-even by default, as the multiply) equals rounding first; the zero point is added to
+ * the packed int16 values, which lie in [lo - zo, hi - zo]. */
+typedef struct { __m256 lo, hi; __m256i zo16; } qc_u8_fp32_avx2;
+
+QC_AVX2_FN qc_u8_fp32_avx2 qc_u8_fp32_init(const qc_task *t)
+{
+    qc_u8_fp32_avx2 k;
+    k.lo = _mm256_set1_ps((float)(t->lo - t->zo));
+    k.hi = _mm256_set1_ps((float)(t->hi - t->zo));
+    k.zo16 = _mm256_set1_epi16((int16_t)t->zo);
+    return k;
+}
+
+/* dst[0..16) = requant(acc0 (columns 0-7), acc1 (columns 8-15)) with multipliers mult[0..16) */
+QC_AVX2_FN void qc_store16_u8_fp32(const qc_u8_fp32_avx2 *k, __m256i acc0, __m256i acc1, const float *mult,
+                                   uint8_t *dst)
+{
+    __m256 y0 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc0), _mm256_loadu_ps(mult));
+    __m256 y1 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc1), _mm256_loadu_ps(mult + 8));
+    y0 = _mm256_min_ps(_mm256_max_ps(y0, k->lo), k->hi);
+    y1 = _mm256_min_ps(_mm256_max_ps(y1, k->lo), k->hi);
+    /* packs per 128-bit lane: columns 0-3, 8-11 | 4-7, 12-15; the qword permute orders them */
+    __m256i w = _mm256_packs_epi32(_mm256_cvtps_epi32(y0), _mm256_cvtps_epi32(y1));
+    w = _mm256_add_epi16(_mm256_permute4x64_epi64(w, 0xD8), k->zo16);
+    _mm_storeu_si128((__m128i *)dst, _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+}
+
 #endif /* QC_EPILOGUE_AVX2_H */

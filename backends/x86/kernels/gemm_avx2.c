@@ -83,6 +83,29 @@ QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, 
         return;
     }
     const int64_t nvalid = t->n - n0;
+#if NV % 2 == 0
+    if (t->out_type == QC_OUT_U8 && t->mode == QC_REQUANT_FP32) {
+        /* 16 columns per store, constants hoisted (qc_store16_u8_fp32); a partial pair of
+         * vectors at the N edge takes qc_store8 */
+        const qc_u8_fp32_avx2 kq = qc_u8_fp32_init(t);
+        const float *mult = t->mult + n0;
+        uint8_t *c = t->c + row0 * t->ldc + n0;
+        const int64_t ldc = t->ldc;
+#pragma GCC unroll 16
+        for (int i = 0; i < mr; i++)
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v += 2) {
+                const int64_t cnt = nvalid - 8 * v;
+                if (cnt >= 16) {
+                    qc_store16_u8_fp32(&kq, acc[i][v], acc[i][v + 1], mult + 8 * v, c + i * ldc + 8 * v);
+                } else {
+                    if (cnt > 0) qc_store8(t, acc[i][v], row0 + i, n0 + 8 * v, cnt >= 8 ? 8 : (int)cnt);
+                    if (cnt > 8) qc_store8(t, acc[i][v + 1], row0 + i, n0 + 8 * v + 8, (int)cnt - 8);
+                }
+            }
+        return;
+    }
+#endif
 #pragma GCC unroll 16
     for (int i = 0; i < mr; i++)
 #pragma GCC unroll 16
