@@ -29,31 +29,41 @@ typedef struct {
 
 #ifdef __AVX2__
 #include <immintrin.h>
-/* 64 bytes at a time: the table as 16 rows of 16 bytes, row k looked up with pshufb where the
- * high nibble is k. x ^ (k << 4) has high nibble 0 exactly there; adding 0x70 with unsigned
- * saturation keeps those lanes below 0x80 (low nibble intact) and sends every other lane to
- * 0x80 or more, which pshufb turns into 0, so OR-ing the 16 lookups leaves table[x]. About 2x
- * the scalar loop (which gcc does not vectorize: it would need a byte gather). */
+/* table[x] for the 32 bytes of x: the table as 16 rows of 16 bytes, each row looked up with
+ * pshufb on the low nibble (x & 0x0F: bit 7 clear, so no lane is zeroed), then the row the
+ * high nibble names picked by a tree of vpblendvb, whose byte masks are bit 7: bit 4 of x
+ * shifted there picks within pairs of rows, bits 5 and 6 likewise, bit 7 itself last (the
+ * 16-bit shifts carry bits across bytes, but only into bits below 7). 35 operations per 32
+ * bytes, against 64 for pshufb per row selected by saturating-add masks (1.5x, one thread). */
+static inline __attribute__((always_inline)) __m256i qc_lookup32_avx2(__m256i x, const __m256i row[16])
+{
+    const __m256i lo = _mm256_and_si256(x, _mm256_set1_epi8(0x0F));
+    const __m256i s4 = _mm256_slli_epi16(x, 3), s5 = _mm256_slli_epi16(x, 2), s6 = _mm256_slli_epi16(x, 1);
+    __m256i q[4];
+    for (int h = 0; h < 4; h++) {
+        const __m256i p0 = _mm256_blendv_epi8(_mm256_shuffle_epi8(row[4 * h], lo),
+                                              _mm256_shuffle_epi8(row[4 * h + 1], lo), s4);
+        const __m256i p1 = _mm256_blendv_epi8(_mm256_shuffle_epi8(row[4 * h + 2], lo),
+                                              _mm256_shuffle_epi8(row[4 * h + 3], lo), s4);
+        q[h] = _mm256_blendv_epi8(p0, p1, s5);
+    }
+    return _mm256_blendv_epi8(_mm256_blendv_epi8(q[0], q[1], s6), _mm256_blendv_epi8(q[2], q[3], s6), x);
+}
+
+/* 64 bytes at a time; returns the bytes done (the scalar loop does the rest, and everything
+ * in the baseline variant, where gcc cannot vectorize it: it would need a byte gather) */
 static int64_t qc_lookup_avx2(const uint8_t *restrict x, uint8_t *restrict y, int64_t n,
                               const uint8_t *restrict table)
 {
-    __m256i row[16], key[16];
-    for (int k = 0; k < 16; k++) {
+    __m256i row[16];
+    for (int k = 0; k < 16; k++)
         row[k] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(table + 16 * k)));
-        key[k] = _mm256_set1_epi8((char)(k << 4));
-    }
-    const __m256i bias = _mm256_set1_epi8(0x70);
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        const __m256i a = _mm256_loadu_si256((const __m256i *)(x + i));
-        const __m256i b = _mm256_loadu_si256((const __m256i *)(x + i + 32));
-        __m256i ra = _mm256_setzero_si256(), rb = _mm256_setzero_si256();
-        for (int k = 0; k < 16; k++) {
-            ra = _mm256_or_si256(ra, _mm256_shuffle_epi8(row[k], _mm256_adds_epu8(_mm256_xor_si256(a, key[k]), bias)));
-            rb = _mm256_or_si256(rb, _mm256_shuffle_epi8(row[k], _mm256_adds_epu8(_mm256_xor_si256(b, key[k]), bias)));
-        }
-        _mm256_storeu_si256((__m256i *)(y + i), ra);
-        _mm256_storeu_si256((__m256i *)(y + i + 32), rb);
+        const __m256i a = qc_lookup32_avx2(_mm256_loadu_si256((const __m256i *)(x + i)), row);
+        const __m256i b = qc_lookup32_avx2(_mm256_loadu_si256((const __m256i *)(x + i + 32)), row);
+        _mm256_storeu_si256((__m256i *)(y + i), a);
+        _mm256_storeu_si256((__m256i *)(y + i + 32), b);
     }
     return i;
 }
