@@ -27,7 +27,8 @@ arena size. ``qc_model_run_int`` writes each output as the integers the final De
 (uint8 or int8). Error codes: 0 ok, negative: QC_MODEL_ERR_*, positive: a GEMM error.
 """
 from .literals import c_float, c_ident
-from .lowering import DEPTHWISE_MAX_CHANNELS, RESHAPES, SERIAL_BELOW_MACS, Lowering
+from .lower_gemm_ops import DEPTHWISE_MAX_CHANNELS
+from .lowering import RESHAPES, SERIAL_BELOW_MACS, Lowering
 from .program import (BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step, stored,
                       unsupported)
 from .render import MODEL_HEADER, manifest, render

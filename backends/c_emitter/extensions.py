@@ -1,10 +1,10 @@
 """The op families lowered outside lowering.py, one module each, merged for Lowering's dispatch."""
 from __future__ import annotations
 
-from . import lower_elementwise, lower_embedding, lower_shapes, lower_transformer
+from . import lower_elementwise, lower_embedding, lower_gemm_ops, lower_shapes, lower_transformer
 from . import lower_reduce
 
-_FAMILIES = (lower_elementwise, lower_shapes, lower_transformer, lower_embedding)
+_FAMILIES = (lower_gemm_ops, lower_elementwise, lower_shapes, lower_transformer, lower_embedding)
 _FAMILIES += (lower_reduce,)
 
 #: integer op class -> fn(em, node, mod)

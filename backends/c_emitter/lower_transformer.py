@@ -12,11 +12,10 @@ import math
 
 import torch
 
-from qcompiler.core.integer_ops import QConv
 from qcompiler.core.transformer_ops import QLayerNorm, QMatMul, QSoftmax
 
 from .literals import c_float
-from .program import QTensor, RequantArrays, stored, unsupported
+from .program import RequantArrays, stored, unsupported
 
 #: per-tensor requantization arrays the matmul kernel indexes by column within a block
 MATMUL_COL_BLOCK = 256
@@ -85,36 +84,6 @@ def lower_layer_norm(em, node, mod: QLayerNorm) -> None:
                  f"{c_float(float(mod.eps_q))}, {em.weight(mod.gain, 'float')}, {em.weight(mod.offset, 'float')}, "
                  f"{zo}, {qmin}, {qmax}, threads);"], reads=[x], writes=[out])
     em.values[node] = out
-
-
-def _one(v) -> int:
-    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
-
-
-def lower_conv1d(em, node, mod: QConv) -> None:
-    """QConv dims=1 as the conv2d path with H = 1: [N, C, L] (torch order) is converted to
-    NHWC [N, 1, L, C], convolved by Lowering.lower_conv with a [O, Cg, 1, K] kernel, and the
-    NHWC result converted back to [N, O, L'] (no copy where C or L is 1: the orders coincide)."""
-    x = em.as_layout(em.value(node.args[0], node), "plain")
-    out_shape = em.shape_of(node)
-    n, (c, length) = (x.shape[0] if len(x.shape) == 3 else 1), x.shape[-2:]
-    o, l_out = out_shape[-2:]
-    x4 = QTensor((n, c, 1, length), "nhwc", x.zp, x.signed, x.qparams, x.buffer)
-    if not x4.same_bytes_as("plain"):
-        x4.buffer = em.plan.new_buffer(x.numel)
-        em.add_step(f"{node.name}: conv1d input to NHWC",
-                    [f"qc_rt_nchw_to_nhwc({em.ptr(x)}, {em.ptr(x4)}, {n}, {c}, {length});"], reads=[x], writes=[x4])
-    conv2d = QConv(2, mod.weight.unsqueeze(2), mod.weight_qparams, mod.bias, mod.input_qparams[0],
-                   mod.output_qparams, mod.requant, (1, _one(mod.stride)), (0, _one(mod.padding)),
-                   (1, _one(mod.dilation)), mod.groups, mod.source_layer)
-    em.lower_conv(node, conv2d, x=x4, shape=(n, o, 1, l_out))
-    y4 = em.values[node]
-    y = QTensor(out_shape, "plain", y4.zp, y4.signed, y4.qparams, y4.buffer)
-    if not y4.same_bytes_as("plain"):
-        y.buffer = em.plan.new_buffer(y4.numel)
-        em.add_step(f"{node.name}: conv1d output to [N, C, L]",
-                    [f"qc_rt_nhwc_to_nchw({em.ptr(y4)}, {em.ptr(y)}, {n}, {o}, {l_out});"], reads=[y4], writes=[y])
-    em.values[node] = y
 
 
 INTEGER_LOWERINGS: dict = {QMatMul: lower_matmul, QSoftmax: lower_softmax, QLayerNorm: lower_layer_norm}

@@ -1,8 +1,10 @@
 """Lowering: an INTEGER GraphModule → a :class:`Program` of runtime calls, one step per node.
 
-Each ``lower_<op>`` method legalizes one op: NHWC activations, int8 stored as uint8 + 128,
-weights packed by the target's :class:`GemmLowering`. The C each step calls is in
-``backends/c_runtime/qc_runtime.c`` (``qc_rt_<op>``).
+Each ``lower_<op>`` legalizes one op: NHWC activations, int8 stored as uint8 + 128, weights
+packed by the target's :class:`GemmLowering`. This module holds the walk, the boundaries
+(inputs, quantize, outputs), elementwise ops, pools and reshapes; convolutions and linear
+layers are in lower_gemm_ops.py and the other op families in the modules extensions.py lists.
+The C each step calls is in ``backends/c_runtime/`` (``qc_rt_<op>``).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from qcompiler.core.integer_ops import (Dequantize, IntegerOp, QAdaptiveAvgPool2d, QAdd, QAvgPool2d, QCat,
-                                        QConv, QLinear, QMul, QRequantize, Quantize, Requant,
+                                        QConv, QMul, QRequantize, Quantize, Requant,
                                         real_multiplier)
 from qcompiler.core.graph_utils import shape_only
 from qcompiler.core.op_table import canonical_op
@@ -22,17 +24,13 @@ from qcompiler.core.reference import run_reference
 from ..memory_plan import Buffer, MemoryPlan
 from . import lower_embedding, lower_shapes
 from .extensions import INTEGER_LOWERINGS, OP_LOWERINGS
-from .lower_transformer import lower_conv1d
+from .lower_gemm_ops import pair, space_to_depth_plan
 from .literals import c_float
 from .program import (INPUT_QPARAMS, BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step,
                       stored, unsupported)
 from .weights import WeightsBlob
 
 SERIAL_BELOW_MACS = 1 << 19
-#: channels the runtime's depthwise kernel accumulates on its stack (QC_DW_MAX_CHANNELS)
-DEPTHWISE_MAX_CHANNELS = 4096
-#: strided convolutions over at most this many channels after space-to-depth (s*s*cin) take it
-SPACE_TO_DEPTH_MAX_CHANNELS = 16
 #: value-preserving ops that only change the shape (run as an alias of the same bytes)
 RESHAPES = frozenset({"flatten", "unflatten", "reshape", "squeeze", "unsqueeze", "dropout", "identity"})
 
@@ -54,7 +52,7 @@ class Lowering:
         self.input_specs: list[IOSpec] = []
         self.output_specs: list[IOSpec] = []
         self._converted: dict[tuple, QTensor] = {}
-        self._fused: set[fx.Node] = set()
+        self.fused: set[fx.Node] = set()
         self.tuple_output = False
         _, self.shapes = run_reference(gm, *example_inputs, capture=True)
 
@@ -145,7 +143,7 @@ class Lowering:
                        self.tuple_output)
 
     def lower_node(self, node: fx.Node) -> None:
-        if node in self._fused:
+        if node in self.fused:
             return                  # computed by its producer's step (a residual add in an epilogue)
         if not _holds_tensor(self.shapes.get(node.name)):
             return                  # a number or a shape: static in a program compiled for fixed shapes
@@ -158,7 +156,7 @@ class Lowering:
                                         "supported by this target; quantize that op or leave it out")
             return                  # emitted with the output it feeds
         if isinstance(mod, IntegerOp):
-            lower = {QConv: self.lower_conv, QLinear: self.lower_linear, QAdd: self.lower_add,
+            lower = {QAdd: self.lower_add,
                      QMul: self.lower_mul, QAvgPool2d: self.lower_pool, QAdaptiveAvgPool2d: self.lower_pool,
                      QCat: self.lower_cat, QRequantize: self.lower_requantize}.get(type(mod))
             if lower is None and type(mod) in INTEGER_LOWERINGS:
@@ -230,9 +228,9 @@ class Lowering:
                        f"{stored(qp.qtype.qmax, out.signed)}, threads);"], writes=[out])
         self.values[node] = out
 
-    def _space_to_depth_plan(self, mod: QConv, cin: int, out_shape: tuple):
+    def space_to_depth_plan(self, mod: QConv, cin: int, out_shape: tuple):
         """The space-to-depth plan of a thin strided convolution, where the target wants it."""
-        return _space_to_depth_plan(mod, cin, out_shape) if self.gemm.space_to_depth_stems else None
+        return space_to_depth_plan(mod, cin, out_shape) if self.gemm.space_to_depth_stems else None
 
     def _quantize_space_to_depth(self, node: fx.Node, mod: Quantize, src: fx.Node, shape: tuple) -> bool:
         """An input whose one consumer is a thin strided convolution (an RGB stem) is quantized
@@ -243,13 +241,13 @@ class Lowering:
                 or isinstance(conv.padding, str):
             return False
         n, c, h, w = shape
-        plan = self._space_to_depth_plan(conv, c, self.shape_of(users[0]))
+        plan = self.space_to_depth_plan(conv, c, self.shape_of(users[0]))
         if plan is None:
             return False
         s, _, _, h2, w2 = plan
         if c > 4 or w > 4096 or w2 * s * s * c > 16384:     # qc_rt_quantize_s2d's row buffers
             return False
-        (ph, pw) = _pair(conv.padding)
+        (ph, pw) = pair(conv.padding)
         qp = mod.qparams
         out = self.new_tensor((n, s * s * c, h2, w2), "nhwc", qp)
         out.space_to_depth = (s, tuple(shape))
@@ -295,179 +293,9 @@ class Lowering:
                       [f"qc_rt_export_int({self.ptr(t)}, outputs[{i}], 1, 1, {t.numel}, 0, {int(t.signed)});"],
                       reads=[t])
 
-    # -- GEMM ops ------------------------------------------------------------------------
-
-    def _check_weights(self, node, mod) -> None:
-        wq = mod.weight_qparams
-        if bool((wq.zero_point != 0).any()):
-            raise unsupported(node, "asymmetric weights (zero point != 0) are not supported")
-        if mod.weight.dtype != torch.int8:
-            raise unsupported(node, f"weights stored as {mod.weight.dtype} are not supported")
-        if mod.input_qparams[0].per_channel:
-            raise unsupported(node, "per-channel input quantization is not supported")
-
-    def lower_linear(self, node: fx.Node, mod: QLinear) -> None:
-        self._check_weights(node, mod)
-        x = self.value(node.args[0], node, keep_nhwc_flat=True)
-        n_out, k = mod.weight.shape
-        weight, note = mod.weight, ""
-        if x.layout == "nhwc_flat":
-            # flatten(1) of NHWC bytes: permute the weight columns from (c, h, w) to (h, w, c)
-            # order instead of transposing the activations (free: done once, here)
-            _, c, h, w = x.nhwc_dims
-            weight = weight.reshape(n_out, c, h, w).permute(0, 2, 3, 1).reshape(n_out, k)
-            note = ", weights permuted to NHWC order"
-        else:
-            x = self.as_layout(x, "plain")
-        m = x.numel // k
-        out = self.new_tensor(self.shape_of(node), "plain", mod.output_qparams)
-        rq = RequantArrays.from_requant(mod.requant, n_out, out.signed)
-        lines = self.gemm.emit(self, a=self.ptr(x), lda=k, m=m, c=self.ptr(out), ldc=n_out, weight=weight,
-                               bias=mod.bias, a_zero_point=x.zp, requant=rq)
-        self.add_step(f"{mod.source_layer or node.name}: linear {k}->{n_out}, M={m}{note} ({node.name})", lines,
-                      reads=[x], writes=[out])
-        self.values[node] = out
-
-    def lower_conv(self, node: fx.Node, mod: QConv, x=None, shape=None) -> None:
-        """``x`` (NHWC) and ``shape``: a 4-d view from a caller (conv1d as conv2d with H = 1)."""
-        self._check_weights(node, mod)
-        if mod.dims == 1 and x is None and not isinstance(mod.padding, str):
-            return lower_conv1d(self, node, mod)
-        if mod.dims != 2 or isinstance(mod.padding, str):
-            raise unsupported(node, "only conv1d/conv2d with numeric padding are supported")
-        x = x if x is not None else self.as_layout(self.value(node.args[0], node), "nhwc")
-        shape = shape if shape is not None else self.shape_of(node)
-        n, cin, h, w = x.space_to_depth[1] if x.space_to_depth else x.shape
-        _, cout, oh, ow = shape
-        o, cg, kh, kw = mod.weight.shape
-        groups = mod.groups
-        og = o // groups
-        (sh, sw), (ph, pw), (dh, dw) = _pair(mod.stride), _pair(mod.padding), _pair(mod.dilation)
-        geom = f"&(qc_window){{{n}, {h}, {w}, {cin}, {oh}, {ow}, {kh}, {kw}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}}}"
-        what = (f"{mod.source_layer or node.name}: conv {kh}x{kw} s{sh} p{ph}"
-                + (f" g{groups}" if groups > 1 else "") + f", {cin}->{cout}, {h}x{w}->{oh}x{ow}")
-        bias = mod.bias if mod.bias is not None else torch.zeros(o, dtype=torch.int32)
-        depthwise = cg == 1 and og == 1 and o <= DEPTHWISE_MAX_CHANNELS
-        fused_add = None if depthwise or groups > 1 else self._fusable_add(node, mod, o, kh * kw * cg)
-        if fused_add is None:
-            out = self.new_tensor(shape, "nhwc", mod.output_qparams)
-        else:
-            add_node, add_mod, other = fused_add
-            out = self.new_tensor(shape, "nhwc", add_mod.output_qparams)
-            add_literal = self._add_literal(node, mod, add_node, add_mod, other, o)
-        if depthwise:
-            blocks = -(-o // 16)                 # [C/16][kh*kw][16], zero past C (qc_rt_depthwise)
-            w_dw = torch.zeros((blocks * 16, kh * kw), dtype=torch.int32)
-            w_dw[:o] = mod.weight.reshape(o, kh * kw).to(torch.int32)
-            w_dw = w_dw.reshape(blocks, 16, kh * kw).transpose(1, 2).contiguous()
-            b_dw = torch.zeros(blocks * 16, dtype=torch.int32)
-            b_dw[:o] = bias.to(torch.int32)
-            rq = RequantArrays.from_requant(mod.requant, o, out.signed)
-            line = (f"qc_rt_depthwise({self.ptr(x)}, {self.ptr(out)}, {geom}, {x.zp}, "
-                    f"{self.weight(w_dw, 'int32_t')}, {self.weight(b_dw, 'int32_t')}, "
-                    f"{self.rq_literal(rq)}, threads);")
-            self.add_step(f"{what}, depthwise ({node.name})", [line], reads=[x], writes=[out])
-            self.values[node] = out
-            return
-        weight, lines, reads, note = mod.weight, [], [x], ""
-        plan = self._space_to_depth_plan(mod, cin, shape)
-        if plan:
-            # a thin strided input (an RGB stem): space-to-depth first, so the conv becomes
-            # stride 1 over s*s*cin channels (ResNet's 7x7 s2: 4x4 taps of 12 bytes, K = 192
-            # rather than 147; AMX then needs no im2col: a kernel row of taps is one 64-byte K
-            # block of a shifted view);
-            # done by the input's quantize step when this conv is its one consumer
-            s, kqh, kqw, h, w = plan
-            cin = s * s * cin
-            if x.space_to_depth:
-                x2 = x.buffer
-            else:
-                x2 = self.scratch(n * h * w * cin)
-                self.add_step(f"{mod.source_layer or node.name}: space-to-depth {s}x{s} of its input "
-                              f"{list(x.shape)} ({node.name})",
-                              [f"qc_rt_im2col({self.ptr(x)}, QC_BUF({x2.ident}), &(qc_window){{{n}, {x.shape[2]}, "
-                               f"{x.shape[3]}, {x.shape[1]}, {h}, {w}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, 0, "
-                               f"{x.shape[1]}, {x.zp}, threads);"], reads=[x], writes=[x2])
-            padded = torch.zeros((o, cg, kqh * s, kqw * s), dtype=weight.dtype)
-            padded[:, :, :kh, :kw] = weight
-            # [o, c, ky'*s + dy, kx'*s + dx] -> [o, (dy, dx, c), ky', kx']: the channel order of x2
-            weight = padded.reshape(o, cg, kqh, s, kqw, s).permute(0, 3, 5, 1, 2, 4).reshape(o, cin, kqh, kqw)
-            x = QTensor((n, cin, h, w), "nhwc", x.zp, x.signed, x.qparams, x2)
-            reads.append(x2)
-            cg, kh, kw, sh, sw, ph, pw = cin, kqh, kqw, 1, 1, 0, 0
-            geom = f"&(qc_window){{{n}, {h}, {w}, {cin}, {oh}, {ow}, {kh}, {kw}, 1, 1, 0, 0, 1, 1}}"
-            note = f"as {kh}x{kw} s1 over {cin} channels after space-to-depth, "
-        m = n * oh * ow
-        k = kh * kw * cg
-        direct = kh == 1 and kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0)
-        col, how = None, "GEMM on NHWC rows" if direct else "im2col + GEMM"
-        for g in range(groups):
-            w2d = weight[g * og:(g + 1) * og].permute(0, 2, 3, 1).reshape(og, k)   # k = (ky, kx, c)
-            rq = RequantArrays.from_requant(mod.requant, o, mod.output_qparams.qtype.signed, g * og, (g + 1) * og)
-            args = dict(c=f"{self.ptr(out)} + {g * og}", ldc=o, weight=w2d, bias=bias[g * og:(g + 1) * og],
-                        a_zero_point=x.zp, requant=rq)
-            if fused_add is not None:
-                args["add"] = add_literal
-            if direct:
-                lines += self.gemm.emit(self, a=f"{self.ptr(x)} + {g * cg}", lda=cin, m=m, **args)
-                continue
-            window = (n, h, w, cin, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)
-            fused = self.gemm.emit_conv(self, x=self.ptr(x), geom=geom, window=window, c0=g * cg, cg=cg, pad=x.zp,
-                                        m=m, k=k, groups=groups, **args)
-            if fused is not None:
-                fused_lines, how, scratch = fused
-                lines += fused_lines
-                reads += scratch
-                continue
-            col = col or self.scratch(m * k)
-            a = f"QC_BUF({col.ident})"
-            lines.append(f"qc_rt_im2col({self.ptr(x)}, {a}, {geom}, {g * cg}, {cg}, {x.zp}, threads);")
-            lines += self.gemm.emit(self, a=a, lda=k, m=m, **args)
-        if fused_add is not None:
-            reads.append(other)
-            how += f", + residual add {add_node.name} in its epilogue"
-        self.add_step(f"{what}, {note}{how} ({node.name})", lines, reads=reads + ([col] if col else []),
-                      writes=[out])
-        if fused_add is not None:
-            self.values[add_node] = out
-            self._fused.add(add_node)
-        else:
-            self.values[node] = out
-
-    def _fusable_add(self, node: fx.Node, mod: QConv, n: int, k: int):
-        """(add node, QAdd, the other addend) when the convolution's one consumer is a QAdd whose
-        other input is already computed, in the same layout, and the target's epilogue can do it."""
-        users = list(node.users)
-        add = self.modules.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
-        if not isinstance(add, QAdd) or len(users[0].args) != 2 or not self.gemm.fuses_add(n, k):
-            return None
-        a, b = users[0].args
-        other = b if a is node else a
-        if other is node or not isinstance(other, fx.Node) or other not in self.values:
-            return None
-        t = self.values[other]
-        if t.layout != "nhwc" or t.shape != self.shape_of(node) or t.signed != add.output_qparams.qtype.signed:
-            return None
-        if add.mode != "fp32" and not all(0 <= int(v) < 2**31 for v in add.m0.tolist()):
-            return None
-        return users[0], add, t
-
-    def _add_literal(self, node: fx.Node, mod: QConv, add_node: fx.Node, add: QAdd, other: QTensor,
-                     ldr: int) -> str:
-        """The qc_rt_add_params C literal: the convolution's output is the addend in its own position."""
-        own = 0 if add_node.args[0] is node else 1
-        signed = add.output_qparams.qtype.signed
-        za = stored(mod.output_qparams.zero_point_int(), mod.output_qparams.qtype.signed)
-        mult, m0 = add.multipliers.tolist(), [int(v) for v in add.m0.tolist()]
-        mode = "QC_RQ_FP32" if add.mode == "fp32" else "QC_RQ_FIXED_POINT"
-        zo = stored(add.output_qparams.zero_point_int(), signed)
-        return (f"&(qc_rt_add_params){{{self.ptr(other)}, {ldr}, {mode}, {za}, {other.zp}, {zo}, "
-                f"{stored(add.qmin, signed)}, {stored(add.qmax, signed)}, {add.shift}, {c_float(mult[own])}, "
-                f"{c_float(mult[1 - own])}, INT64_C({m0[own]}), INT64_C({m0[1 - own]})}}")
-
     # -- elementwise -----------------------------------------------------------------------
 
-    def _pair_inputs(self, node: fx.Node) -> tuple[QTensor, QTensor]:
+    def __pair_inputs(self, node: fx.Node) -> tuple[QTensor, QTensor]:
         a, b = (self.value(arg, node) for arg in node.args[:2])
         if a.shape != b.shape:
             raise unsupported(node, f"broadcasting {a.shape} with {b.shape} is not supported")
@@ -476,7 +304,7 @@ class Lowering:
     def lower_add(self, node: fx.Node, mod: QAdd) -> None:
         if lower_shapes.broadcasts(self, node):
             return lower_shapes.lower_broadcast_add(self, node, mod)
-        a, b = self._pair_inputs(node)
+        a, b = self.__pair_inputs(node)
         out = self.new_tensor(a.shape, a.layout, mod.output_qparams)
         zo = stored(mod.output_qparams.zero_point_int(), out.signed)
         mode = "QC_RQ_FP32" if mod.mode == "fp32" else "QC_RQ_FIXED_POINT"
@@ -492,7 +320,7 @@ class Lowering:
     def lower_mul(self, node: fx.Node, mod: QMul) -> None:
         if lower_shapes.broadcasts(self, node):
             return lower_shapes.lower_broadcast_mul(self, node, mod)
-        a, b = self._pair_inputs(node)
+        a, b = self.__pair_inputs(node)
         out = self.new_tensor(a.shape, a.layout, mod.output_qparams)
         rq = RequantArrays.from_requant(mod.requant, 1, out.signed)
         line = (f"qc_rt_mul({self.ptr(a)}, {self.ptr(b)}, {self.ptr(out)}, {a.numel}, {a.zp}, {b.zp}, "
@@ -570,7 +398,7 @@ class Lowering:
         shape = self.shape_of(node)
         out = QTensor(shape, "nhwc", x.zp, x.signed, x.qparams, self.plan.new_buffer(math.prod(shape)))
         n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(k), _pair(s), _pair(p), _pair(d)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = pair(k), pair(s), pair(p), pair(d)
         geom = (f"&(qc_window){{{n}, {h}, {w}, {c}, {shape[2]}, {shape[3]}, "
                 f"{kh}, {kw}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}}}")
         self.add_step(f"{node.name}: max_pool {kh}x{kw} s{sh} p{ph}, {h}x{w}->{shape[2]}x{shape[3]}",
@@ -592,8 +420,8 @@ class Lowering:
             w1 = [-(-((j + 1) * w) // ow) for j in range(ow)]
             kind = "adaptive_avg_pool"
         else:
-            (kh, kw), (sh, sw) = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
-            ph, pw = _pair(mod.padding)
+            (kh, kw), (sh, sw) = pair(mod.kernel_size), pair(mod.stride or mod.kernel_size)
+            ph, pw = pair(mod.padding)
             h0 = [max(i * sh - ph, 0) for i in range(oh)]
             h1 = [min(i * sh - ph + kh, h) for i in range(oh)]
             w0 = [max(j * sw - pw, 0) for j in range(ow)]
@@ -630,28 +458,10 @@ class Lowering:
         self.values[node] = QTensor(shape, layout, x.zp, x.signed, x.qparams, x.buffer)
 
 
-def _space_to_depth_plan(mod: QConv, cin: int, out_shape: tuple):
-    """(s, kernel rows, kernel columns, h, w of the space-to-depth image) of a thin strided
-    convolution that can run as stride 1 over s*s*cin channels after space-to-depth (an RGB
-    stem), else None."""
-    (sh, sw), (dh, dw) = _pair(mod.stride), _pair(mod.dilation)
-    o, cg, kh, kw = mod.weight.shape
-    depthwise = cg == 1 and o // mod.groups == 1        # lowered by qc_rt_depthwise instead
-    if not (mod.groups == 1 and not depthwise and sh == sw > 1 and (dh, dw) == (1, 1) and kh > sh and kw > sw
-            and cin * sh * sw <= SPACE_TO_DEPTH_MAX_CHANNELS):
-        return None
-    kqh, kqw = -(-kh // sh), -(-kw // sh)
-    return sh, kqh, kqw, out_shape[2] - 1 + kqh, out_shape[3] - 1 + kqw
-
-
 def _holds_tensor(value) -> bool:
     if isinstance(value, (tuple, list)):
         return any(_holds_tensor(v) for v in value)
     return isinstance(value, torch.Tensor)
-
-
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _nchw(shape) -> tuple[int, int, int]:
