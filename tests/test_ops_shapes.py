@@ -396,13 +396,13 @@ def test_shufflenet_unit(target, stride, mode, act):
     assert_bit_exact(unit, torch.randn(2, 3, 22, 21), target, mode, act)
 
 
-def test_shufflenet_v2_leaves_no_shape_op_in_float():
+def test_shufflenet_v2_leaves_no_op_in_float():
     tv = _torchvision()
     torch.manual_seed(0)
     cfg = QConfig(activation=TensorSpec("uint8", symmetric=False, observer="minmax"))
     qm = qcompiler.quantize(tv.models.shufflenet_v2_x0_5().eval(), [(torch.randn(1, 3, 96, 96),)], config=cfg,
                             progress=False, warn_float=False)
-    assert [op for op in graph_info(qm.graph_module).float_ops if "(mean)" not in op] == []
+    assert graph_info(qm.graph_module).float_ops == []        # its final x.mean([2, 3]) too
 
 
 class AttentionShapes(nn.Module):
