@@ -36,6 +36,9 @@ RESHAPE_OPS = frozenset({"flatten", "unflatten", "reshape", "squeeze", "unsqueez
 #: ops replayed on the view (torch computes their sizes, strides and offset)
 VIEW_OPS = frozenset({"permute", "transpose", "narrow", "select", "getitem", "expand", "repeat"}) | TUPLE_OPS
 SHAPE_OPS = RESHAPE_OPS | VIEW_OPS
+#: predicates (em, user, node) -> bool: ``user`` reads ``node`` as a strided view in place (through
+#: operand_view), so a view it alone consumes is never written (lower_transformer: matmul operands)
+VIEW_READERS: list = []
 #: consumers that read 4-d tensors as NHWC (a copy for them is written in that layout)
 _NHWC_CONSUMERS = (QConv, QAvgPool2d, QAdaptiveAvgPool2d)
 
@@ -172,11 +175,17 @@ def _input_view(em, node: fx.Node):
 
 
 def _defers(em, node: fx.Node) -> bool:
-    """Every consumer is a shape op on this value: leave the copy to them."""
+    """Every consumer is a shape op on this value (or reads it in place): leave the copy to them."""
     users = list(node.users)
     return bool(users) and all(
-        u.op in ("call_method", "call_function") and canonical_op(u, em.modules) in SHAPE_OPS
-        and u.args and u.args[0] is node for u in users)
+        (u.op in ("call_method", "call_function") and canonical_op(u, em.modules) in SHAPE_OPS
+         and u.args and u.args[0] is node) or any(reads(em, u, node) for reads in VIEW_READERS) for u in users)
+
+
+def operand_view(em, node: fx.Node, user: fx.Node) -> "_View":
+    """What a VIEW_READERS consumer reads: the pending view of ``node``, else its tensor's bytes."""
+    pending = _views(em).get(node)
+    return pending if isinstance(pending, _View) else _View.of(em.value(node, user))
 
 
 def _layout_for(em, node: fx.Node, view: _View) -> str:

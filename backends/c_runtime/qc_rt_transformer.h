@@ -4,25 +4,33 @@
 
 #include "qc_runtime.h"
 
-/* QMatMul, step 1: the b matrices centred and transposed, bt[i][j][kk] = b_i(kk, j) - zb as
- * int16, for i < nb; element (kk, j) of matrix i is at b + i * (k * n) + kk * sk + j * sn
- * (sk = n, sn = 1: row-major; sk = 1, sn = k: b is the transpose of a row-major [n, k]) */
-QC_RT_EXPORT void qc_rt_matmul_pack_b(const uint8_t *b, int16_t *bt, int64_t nb, int64_t k, int64_t n,
-                                      int64_t sk, int64_t sn, int32_t zb, int threads);
+/* columns of a packed-b panel (the matmul kernel's register block is 6 rows x this) */
+#define QC_RT_MATMUL_NR 16
+/* fraction bits of QSoftmax's per-row reciprocal (SOFTMAX_RECIP_BITS of transformer_ops.py) */
+#define QC_RT_SOFTMAX_RECIP_BITS 31
 
-/* QMatMul, step 2: y[p] = requant(sum_kk (a_{ai[p]}(i, kk) - za) * bt_{bi[p]}[j][kk]) for the
- * batch p < batch, i < m, j < n; a matrices row-major [m, k] (a + ai[p] * m * k), y [batch, m, n].
+/* QMatMul, step 1: the nb b matrices [k, n] centred and packed once into panels of
+ * QC_RT_MATMUL_NR columns: bp[i][P][kk / 2][c][kk % 2] = b_i(kk, P * NR + c) - zb as int16,
+ * zero past k and n, i.e. nb * ceil(n / NR) * (ceil(k / 2) * 2) * NR int16. Element (kk, j) of
+ * matrix i is byte boff[i] + kk * sk + j * sn of b (any strided view: a transposed b is
+ * read in place, sk = 1, sn = its row stride) */
+QC_RT_EXPORT void qc_rt_matmul_pack_b(const uint8_t *b, const int64_t *boff, int16_t *bp, int64_t nb, int64_t k,
+                                      int64_t n, int64_t sk, int64_t sn, int32_t zb, int threads);
+
+/* QMatMul, step 2: y[p] = requant(sum_kk (a_p(i, kk) - za) * (b_{bi[p]}(kk, j) - zb)) for the
+ * batch p < batch, i < m, j < n; element (i, kk) of a_p is byte aoff[p] + i * lda + kk * sak of
+ * a (a strided view), bp from qc_rt_matmul_pack_b, y contiguous [batch, m, n].
  * Exact int32 accumulation (the emitter proved K * max|a - za| * max|b - zb| < 2^31);
  * rq holds one multiplier repeated at least min(n, 256) times (per-tensor requantization). */
-QC_RT_EXPORT void qc_rt_matmul(const uint8_t *a, const int16_t *bt, uint8_t *y, int64_t batch, int64_t m,
-                               int64_t k, int64_t n, const int32_t *ai, const int32_t *bi, int32_t za,
-                               const qc_rq *rq, int threads);
+QC_RT_EXPORT void qc_rt_matmul(const uint8_t *a, const int64_t *aoff, int64_t lda, int64_t sak, const int16_t *bp,
+                               const int32_t *bi, uint8_t *y, int64_t batch, int64_t m, int64_t k, int64_t n,
+                               int32_t za, const qc_rq *rq, int threads);
 
 /* QSoftmax along an axis of [outer, len, inner] (element (o, l, i) at (o * len + l) * inner + i):
- * d = max - q, e = lut[d], S = sum e (int64),
- * q = clamp(zo + floor((e * r + (S << (m - 1))) / (S << m)), qmin, qmax); stored domain */
+ * d = max - q, e = lut[d], S = sum e (int64), c = ((r << 31) + (S >> 1)) / S (one division a
+ * row), q = clamp(zo + ((e * c + 2^(sh - 1)) >> sh), qmin, qmax); stored domain */
 QC_RT_EXPORT void qc_rt_softmax(const uint8_t *x, uint8_t *y, int64_t outer, int64_t len, int64_t inner,
-                                const int64_t *lut, int64_t r, int32_t m, int32_t zo, int32_t qmin,
+                                const int64_t *lut, int64_t r, int32_t sh, int32_t zo, int32_t qmin,
                                 int32_t qmax, int threads);
 
 /* QLayerNorm over rows of n (n <= 2^18): delta = q - zx, S1 = sum delta, S2 = sum delta^2,

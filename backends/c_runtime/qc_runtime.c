@@ -4,26 +4,6 @@
 
 #include <string.h>
 
-/* Parallel loops: fn(ctx, chunk, slot) for chunk in [0, total). A target whose runtime
- * translation unit includes a thread pool first (x86: the GEMM's thread_pool.h) shares it;
- * elsewhere the loop runs serially. */
-typedef void (*qc_rt_chunk_fn)(const void *ctx, int64_t chunk, int slot);
-#ifdef QC_THREAD_POOL_H
-#define QC_RT_PARALLEL_FOR(fn, ctx, total, nt) qc_parallel_for((fn), (ctx), (total), (nt))
-#else
-#define QC_RT_PARALLEL_FOR(fn, ctx, total, nt) qc_rt_serial_for((fn), (ctx), (total))
-static void qc_rt_serial_for(qc_rt_chunk_fn fn, const void *ctx, int64_t total)
-{
-    for (int64_t i = 0; i < total; i++) fn(ctx, i, 0);
-}
-#endif
-
-/* threads for a kernel of `work` elements: tiny ones stay on the calling thread */
-static inline int qc_rt_threads(int threads, int64_t work)
-{
-    return (threads <= 1 || work < 32768) ? 1 : threads;
-}
-
 static inline void qc_copy_bytes(uint8_t *restrict dst, const uint8_t *restrict src, int64_t n);
 
 static inline uint8_t qc_clamp_u8(int32_t v, int32_t lo, int32_t hi)
@@ -577,6 +557,17 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
     if (cnt == QC_DW_BLOCK) {
         __m256i s0 = _mm256_loadu_si256((const __m256i *)bias), s1 = _mm256_loadu_si256((const __m256i *)(bias + 8));
         const __m256i z = _mm256_set1_epi32(interior3 ? 0 : j->zx);
+        if (interior3)          /* zx folded: vpmaddwd of the zero-extended x, one uop per 8 taps */
+            for (int32_t i = 0; i < ni; i++)
+                for (int32_t t = 0; t < nt; t++) {
+                    const uint8_t *px = x + i * xi + t * xt;
+                    const int32_t *pw = wb + i * wi + t * 16;
+                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)px)),
+                                                                _mm256_loadu_si256((const __m256i *)pw)));
+                    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(px + 8))),
+                                                                _mm256_loadu_si256((const __m256i *)(pw + 8))));
+                }
+        else
         for (int32_t i = 0; i < ni; i++)
             for (int32_t t = 0; t < nt; t++) {
                 const uint8_t *px = x + i * xi + t * xt;
@@ -710,10 +701,17 @@ static void qc_depthwise_row(const void *ctx, int64_t chunk, int slot)
             if (cfull < c)
                 qc_dw_block(j, &rq, out + cfull, x0 + cfull, xi, xt, w0 + cfull * taps, wi, 3, 3, 1, cfull, (int)(c - cfull));
         } else {
+            /* a whole window of another size (5x5) reads bias3 with zx folded too, except in the
+             * AVX-512 blocks, whose folded path is the unrolled 3x3 */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+            const int fold = 0;
+#else
+            const int fold = ni == g->kh && nt == g->kw;
+#endif
             for (int64_t cb = 0; cb < cfull; cb += QC_DW_BLOCK)
-                qc_dw_block(j, &rq, out + cb, x0 + cb, xi, xt, w0 + cb * taps, wi, ni, nt, 0, cb, QC_DW_BLOCK);
+                qc_dw_block(j, &rq, out + cb, x0 + cb, xi, xt, w0 + cb * taps, wi, ni, nt, fold, cb, QC_DW_BLOCK);
             if (cfull < c)
-                qc_dw_block(j, &rq, out + cfull, x0 + cfull, xi, xt, w0 + cfull * taps, wi, ni, nt, 0, cfull,
+                qc_dw_block(j, &rq, out + cfull, x0 + cfull, xi, xt, w0 + cfull * taps, wi, ni, nt, fold, cfull,
                             (int)(c - cfull));
         }
     }
@@ -722,15 +720,18 @@ static void qc_depthwise_row(const void *ctx, int64_t chunk, int slot)
 void qc_rt_depthwise(const uint8_t *x, uint8_t *y, const qc_window *g, int32_t zx,
                      const int32_t *w, const int32_t *bias, const qc_rq *rq, int threads)
 {
+    /* bias - zx * (sum of the taps), for windows wholly inside the input (any kernel size;
+     * the AVX-512 blocks use it for 3x3 only); block by block, so the lanes vectorize */
     int32_t bias3[QC_DW_MAX_CHANNELS + QC_DW_BLOCK];
     const int64_t cpad = (g->c + QC_DW_BLOCK - 1) / QC_DW_BLOCK * QC_DW_BLOCK;
-    if (g->kh == 3 && g->kw == 3)
-        for (int64_t ch = 0; ch < cpad; ch++) {
-            const int32_t *wc = w + (ch / QC_DW_BLOCK) * 9 * QC_DW_BLOCK + ch % QC_DW_BLOCK;
-            uint32_t v = (uint32_t)bias[ch];        /* wrapping: exact once the taps are added */
-            for (int t = 0; t < 9; t++) v -= (uint32_t)(zx * wc[t * QC_DW_BLOCK]);
-            bias3[ch] = (int32_t)v;
-        }
+    const int64_t taps = (int64_t)g->kh * g->kw;
+    for (int64_t cb = 0; cb < cpad; cb += QC_DW_BLOCK) {
+        uint32_t v[QC_DW_BLOCK];                     /* wrapping: exact once the taps are added */
+        for (int l = 0; l < QC_DW_BLOCK; l++) v[l] = (uint32_t)bias[cb + l];
+        for (int64_t t = 0; t < taps; t++)
+            for (int l = 0; l < QC_DW_BLOCK; l++) v[l] -= (uint32_t)zx * (uint32_t)w[cb * taps + t * QC_DW_BLOCK + l];
+        for (int l = 0; l < QC_DW_BLOCK; l++) bias3[cb + l] = (int32_t)v[l];
+    }
     int64_t ox_lo, ox_hi;
     qc_inside_columns(g, &ox_lo, &ox_hi);
     const qc_depthwise_job job = {x, y, g, zx, w, bias, bias3, rq, ox_lo, ox_hi};

@@ -18,6 +18,27 @@
 #define QC_RT_EXPORT __attribute__((visibility("default")))
 #define QC_RT_ABI_VERSION 1
 
+/* Parallel loops of the runtime's kernels: fn(ctx, chunk, slot) for chunk in [0, total). A
+ * target whose runtime translation unit includes a thread pool before this header (x86: the
+ * GEMM's thread_pool.h) shares it; elsewhere (and in a file compiled alone) the loop runs
+ * serially. */
+typedef void (*qc_rt_chunk_fn)(const void *ctx, int64_t chunk, int slot);
+#ifdef QC_THREAD_POOL_H
+#define QC_RT_PARALLEL_FOR(fn, ctx, total, nt) qc_parallel_for((fn), (ctx), (total), (nt))
+#else
+#define QC_RT_PARALLEL_FOR(fn, ctx, total, nt) ((void)(nt), qc_rt_serial_for((fn), (ctx), (total)))
+static inline void qc_rt_serial_for(qc_rt_chunk_fn fn, const void *ctx, int64_t total)
+{
+    for (int64_t i = 0; i < total; i++) fn(ctx, i, 0);
+}
+#endif
+
+/* threads for a kernel of `work` elementary operations: tiny ones stay on the calling thread */
+static inline int qc_rt_threads(int threads, int64_t work)
+{
+    return (threads <= 1 || work < 32768) ? 1 : threads;
+}
+
 enum { QC_RQ_FP32 = 1, QC_RQ_FIXED_POINT = 2 };
 
 /* one requantization: per-channel (or per-position) arrays indexed by the kernel,

@@ -112,13 +112,20 @@ def build_matmul(gm, head, in_qps, out_qp, mode, act, layer, modules) -> QMatMul
 
 #: fraction bits of the exp table: LUT[d] = round(exp(−s_in·d) · 2^SOFTMAX_LUT_BITS)
 SOFTMAX_LUT_BITS = 22
+#: fraction bits of the per-row reciprocal: c = round(R · 2^SOFTMAX_RECIP_BITS / S)
+SOFTMAX_RECIP_BITS = 31
 
 
-def softmax_shift(out_scale: float, length: int) -> int:
-    """m of the output division: 2^m / s_out in (2^30, 2^31] where the row sum allows it, so
-    that S·2^m < 2^61 and e·R + S·2^(m−1) < 2^63 (S ≤ length · 2^22, e ≤ 2^22)."""
+def softmax_output_multiplier(out_scale: float) -> tuple[int, int]:
+    """(m, R): R = round(2^m / s_out) in (2^30, 2^31] (m = e + 30 for s_out = f·2^e, f in
+    [0.5, 1)), m capped at 31 so that the output shift m + SOFTMAX_RECIP_BITS stays <= 62 (a
+    larger s_out only shrinks R); R <= 2^31 keeps R·2^31 + S/2 and e·c + 2^(sh−1) below 2^63."""
     _, e = math.frexp(out_scale)
-    return max(1, min(e + 30, 61 - SOFTMAX_LUT_BITS - int(length).bit_length()))
+    m = min(e + 30, 31)
+    r = int(round(2.0 ** m / out_scale))
+    if m + SOFTMAX_RECIP_BITS < 1 or r > 2 ** 31:
+        raise AccumulatorOverflowError(f"softmax output scale {out_scale} is outside the integer softmax's range")
+    return m, r
 
 
 class QSoftmax(IntegerOp):
@@ -126,10 +133,15 @@ class QSoftmax(IntegerOp):
 
         d = max_row(q) − q                    ∈ [0, qmax − qmin]
         e = LUT[d],  LUT[d] = round(exp(−s_in·d) · 2^22)    (built here, in float64; shipped)
-        S = Σ_row e                           (int64)
-        q_out = clamp(zo + ⌊(e·R + S·2^(m−1)) / (S·2^m)⌋, qmin, qmax),  R = round(2^m / s_out)
+        S = Σ_row e                           (int64, S >= 2^22: the row's max has e = 2^22)
+        c = ⌊(R·2^31 + ⌊S/2⌋) / S⌋           one division per row: R·2^31/S rounded
+        q_out = clamp(zo + ((e·c + 2^(sh−1)) >> sh), qmin, qmax),  sh = m + 31
 
-    i.e. e/S rounded half up to the output step; int64 throughout (bounds in softmax_shift).
+    with (m, R) from softmax_output_multiplier (R = round(2^m / s_out)): e/S rounded half up
+    to the output step, through a per-row fixed-point reciprocal instead of a division per
+    element. c is within 1/2 of R·2^31/S, so the rounded quantity is within e/2^(sh+1) <=
+    2^(21−sh) output steps of e·R/(S·2^m); int64 throughout (bounds in
+    softmax_output_multiplier; c < 2^41, e·c < 2^63).
     """
 
     op_name = "softmax"
@@ -141,19 +153,19 @@ class QSoftmax(IntegerOp):
         lut = torch.round(torch.exp(-inp.scale.to(torch.float64) * d) * 2.0 ** SOFTMAX_LUT_BITS)
         self.register_buffer("lut", lut.to(torch.int64))
         self.qmin, self.qmax = out.qtype.qmin, out.qtype.qmax
+        self.out_shift, self.out_mult = softmax_output_multiplier(self.output_qparams.scale_float())
 
-    def division(self, length: int) -> tuple[int, int]:
-        """(m, R) for rows of ``length`` elements."""
-        m = softmax_shift(self.output_qparams.scale_float(), length)
-        return m, int(round(2.0 ** m / self.output_qparams.scale_float()))
+    def reciprocal(self, s: torch.Tensor) -> torch.Tensor:
+        """c of each row sum S (int64)."""
+        return torch.div((self.out_mult << SOFTMAX_RECIP_BITS) + (s >> 1), s, rounding_mode="floor")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = x.to(torch.int64)
         d = q.amax(self.dim, keepdim=True) - q
         e = self.lut[d]
-        s = e.sum(self.dim, keepdim=True)
-        m, r = self.division(x.shape[self.dim])
-        y = torch.div(e * r + (s << (m - 1)), s << m, rounding_mode="floor")
+        c = self.reciprocal(e.sum(self.dim, keepdim=True))
+        sh = self.out_shift + SOFTMAX_RECIP_BITS
+        y = (e * c + (1 << (sh - 1))) >> sh
         zo = self.output_qparams.zero_point_int()
         return torch.clamp(y + zo, self.qmin, self.qmax).to(self.output_qparams.qtype.storage)
 
