@@ -240,9 +240,14 @@ static void qc_tf_softmax_row(const void *ctx, int64_t chunk, int slot)
          * table is clamp(zo) (a small s_in makes that d large, then the table is just longer) */
         uint8_t table[256];
         const uint8_t tail = qc_tf_softmax_q(0, c, j->sh, j->zo, j->qmin, j->qmax);
+        const int64_t half = (int64_t)1 << (j->sh - 1);
         int d = 0;
-        for (; d < 256 && ((lut[d] * c + ((int64_t)1 << (j->sh - 1))) >> j->sh) != 0; d++)
-            table[d] = qc_tf_softmax_q(lut[d], c, j->sh, j->zo, j->qmin, j->qmax);
+        for (; d < 256; d++) {
+            const int64_t v = (lut[d] * c + half) >> j->sh;
+            if (v == 0) break;
+            const int64_t q = j->zo + v;
+            table[d] = (uint8_t)(q < j->qmin ? j->qmin : q > j->qmax ? j->qmax : q);
+        }
         memset(table + d, tail, (size_t)(256 - d));
         if (st == 1) {
             for (int64_t l = 0; l < len; l++) y[l] = table[mx - x[l]];
