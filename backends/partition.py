@@ -90,7 +90,8 @@ class TargetSupport(OperatorSupportBase):
             return self._static_shape_math(submodules, node)
         mod = submodules.get(node.target) if node.op == "call_module" else None
         if isinstance(mod, (Quantize, Dequantize)):
-            return True
+            # per channel: the fake-quantized weight of a layer left in float, not an activation
+            return not mod.qparams.per_channel
         if isinstance(mod, IntegerOp):
             return mod.op_name in self.ops
         if not _quantized(self.values.get(node.name)):

@@ -6,14 +6,15 @@ are mergeable, so calibration may be sharded and merged later.
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
-from qcompiler.core.meta import GraphState, has_node_info, node_info
-from qcompiler.core.observers import CalibrationError
+from qcompiler.core.meta import GraphState, graph_info, has_node_info, node_info
+from qcompiler.core.observers import CalibrationError, Observer
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 
 
@@ -44,10 +45,9 @@ class Calibrate(Pass):
         hooks = self._record_input_means(gm)
         try:
             with torch.no_grad():
-                for batch in tqdm(ctx.calibration_data, total=total, desc="calibrate", unit="batch",
-                                  disable=not ctx.progress, leave=False):
-                    inputs = batch_inputs(batch, n_inputs)
-                    gm(*inputs)
+                for index, batch in enumerate(tqdm(ctx.calibration_data, total=total, desc="calibrate",
+                                                   unit="batch", disable=not ctx.progress, leave=False)):
+                    inputs = _run_batch(gm, batch, index, n_inputs, ctx.example_inputs)
                     batches += 1
                     elements += sum(t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim())
         finally:
@@ -56,6 +56,7 @@ class Calibrate(Pass):
         if batches == 0:
             raise CalibrationError("the calibration data yielded no batches; give at least one "
                                    "batch of representative inputs")
+        _warn_all_zero(gm)
         return PassResult(gm, Counter(batches=batches, samples=elements))
 
     @staticmethod
@@ -69,3 +70,44 @@ class Calibrate(Pass):
                     stats.update(args[0])
                 hooks.append(gm.get_submodule(node.target).register_forward_pre_hook(hook))
         return hooks
+
+
+def _shapes(inputs) -> str:
+    return ", ".join(f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                     for t in inputs)
+
+
+def _run_batch(gm: fx.GraphModule, batch, index: int, n_inputs: int, example_inputs) -> tuple:
+    """One batch through the observed graph; a failure names the batch and its shapes."""
+    try:
+        inputs = batch_inputs(batch, n_inputs)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"calibration batch {index}: {exc}") from None
+    try:
+        gm(*inputs)
+    except CalibrationError as exc:
+        raise CalibrationError(f"calibration batch {index}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the model's own error, with the batch that caused it
+        expected = f"; the example inputs are {_shapes(example_inputs)}" if example_inputs else ""
+        raise CalibrationError(
+            f"calibration batch {index} ({_shapes(inputs)}) fails in the model: {type(exc).__name__}: {exc}"
+            f"{expected}. Every calibration batch must be a valid input of the float model") from exc
+    return inputs
+
+
+def _warn_all_zero(gm: fx.GraphModule) -> None:
+    """A tensor that was exactly zero in every batch gets an empty range: at run time anything
+    else saturates. Legitimate (a zero-padded branch) but usually bad calibration data."""
+    zero = []
+    for node in gm.graph.nodes:
+        mod = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(mod, Observer) and mod.has_data:
+            lo, hi = mod.min_max()
+            if bool((lo == 0).all() and (hi == 0).all()):
+                zero.append(mod.label or node.name)
+    if zero:
+        shown = ", ".join(zero[:6]) + (", ..." if len(zero) > 6 else "")
+        graph_info(gm).note(f"calibration: exactly zero in every batch: {shown}")
+        warnings.warn(f"quantize(): {len(zero)} tensor(s) were exactly zero in every calibration batch ({shown}); "
+                      "their quantization range is empty, so any other value saturates at run time. "
+                      "Calibrate on representative inputs", stacklevel=2)

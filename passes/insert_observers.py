@@ -18,7 +18,7 @@ from qcompiler.core import embedding_ops
 from qcompiler.core import reduce_ops
 from qcompiler.core.graph_utils import add_module
 from qcompiler.core.input_stats import ChannelMean
-from qcompiler.core.meta import GraphState, graph_info, node_info
+from qcompiler.core.meta import GraphState, graph_info, has_node_info, node_info
 from qcompiler.core.observers import make_observer
 from qcompiler.core.op_table import (COMPUTE_OPS, LOOKUP_OPS, SHARED_OPS, TUPLE_OPS, WEIGHTED_OPS, canonical_op,
                                      is_tensor_binary, lookup_operand, produces_tensor, tensor_inputs)
@@ -55,6 +55,21 @@ def _float_reason(node, op, modules, cfg, caps) -> Optional[str]:
     if op == "embedding":
         return embedding_ops.float_reason(modules[node.target]) or None
     return None
+
+
+class NothingToQuantizeError(ValueError):
+    """No op of the model is one the target quantizes: there is nothing to do."""
+
+
+def _nothing_to_quantize(gm: fx.GraphModule, modules: dict, ctx: PassContext) -> str:
+    seen = sorted({canonical_op(n, modules) or str(getattr(n.target, "__name__", n.target))
+                   for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")})
+    floats = [f"{node_info(n).source_layer or n.name}: {node_info(n).float_reason}" for n in gm.graph.nodes
+              if has_node_info(n) and node_info(n).float_reason]
+    why = f" What stays in float and why: {'; '.join(floats[:6])}." if floats else ""
+    return (f"nothing to quantize: this model has no op that target {ctx.target!r} quantizes (its ops: "
+            f"{', '.join(seen) or 'none'}).{why} docs/supported-ops.md lists the ops each target quantizes; "
+            "run the float model as it is")
 
 
 class InsertObservers(Pass):
@@ -130,6 +145,8 @@ class InsertObservers(Pass):
             if op == "embedding":       # any row may be looked up: the range covers the whole table
                 gm.get_submodule(observed[out].target)(modules[node.target].weight.detach())
             changes[f"quantized_{op}"] += 1
+        if not changes["activation_observers"]:
+            raise NothingToQuantizeError(_nothing_to_quantize(gm, modules, ctx))
         return PassResult(gm, changes)
 
     @staticmethod

@@ -21,7 +21,7 @@ from qcompiler.core.graph_utils import add_module, finalize, get_constant
 from qcompiler.core.integer_ops import (AccumulatorOverflowError, IntegerOp, QAdaptiveAvgPool2d,
                                         QAdd, QAvgPool2d, QCat, QConv, QLinear, QMul,
                                         QRequantize, Dequantize, Quantize, Requant,
-                                        check_accumulator, real_multiplier)
+                                        check_accumulator, quantize_bias, real_multiplier)
 from qcompiler.core.meta import GraphState, graph_info, has_node_info, node_info
 from qcompiler.core import embedding_ops, lookup_ops, transformer_ops
 from qcompiler.core import reduce_ops
@@ -152,7 +152,7 @@ class LowerToInteger(Pass):
         w_int = quantize(w_float, w_qp)
         bias_qp = QParams(in_qp.scale * w_qp.scale, torch.zeros_like(w_qp.zero_point), INT32,
                           0 if w_qp.per_channel else None)
-        b_int = quantize(b_float, bias_qp).to(torch.int32) if b_float is not None else None
+        b_int = quantize_bias(layer, b_float, bias_qp) if b_float is not None else None
         k = math.prod(w_int.shape[1:])
         check_accumulator(layer, k, in_qp, w_int, w_qp, b_int)
         requant = Requant.make(real_multiplier(in_qp.scale, w_qp.scale, out=out_qp), out_qp, mode, act)

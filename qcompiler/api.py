@@ -11,11 +11,13 @@ import torch.fx as fx
 
 from qcompiler.backends import available_targets, get_backend
 from qcompiler.core.integer_ops import IntegerOp
-from qcompiler.core.pass_manager import PassContext, PassManager, PipelineResult
+from qcompiler.core.observers import CalibrationError
+from qcompiler.core.pass_manager import PassContext, PassError, PassManager, PipelineResult
 from qcompiler.core.qconfig import QConfig
 from qcompiler.core.report import QuantReport, build_report, float_layers
 from qcompiler.core.tracing import trace
 from qcompiler.passes.calibrate import batch_inputs
+from qcompiler.passes.insert_observers import NothingToQuantizeError
 from qcompiler.pipeline import default_pipeline
 
 
@@ -118,7 +120,13 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable[Any], *,
     backend = get_backend(target)
     ctx = PassContext(config=config or QConfig(), capabilities=backend.capabilities, target=target,
                       calibration_data=calibration_data, example_inputs=example_inputs, progress=progress)
-    result = (pipeline or default_pipeline()).run(gm, ctx, dump_dir=dump_dir)
+    try:
+        result = (pipeline or default_pipeline()).run(gm, ctx, dump_dir=dump_dir)
+    except PassError as exc:
+        # the user's data or model, not a pass, is at fault: their sentence, without pass internals
+        if isinstance(exc.__cause__, (CalibrationError, NothingToQuantizeError)):
+            raise exc.__cause__ from None
+        raise
     qm = QuantizedModel(result.graph_module, example_inputs, result, target)
     floats = float_layers(result.graph_module)
     if warn_float and floats:

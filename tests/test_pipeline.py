@@ -227,17 +227,16 @@ def test_compile_reference_target_matches_quantized_model():
 def test_nan_in_calibration_names_the_layer():
     bad = torch.randn(4, 3, 8, 8)
     bad[0, 0, 0, 0] = float("nan")
-    with pytest.raises(qcompiler.PassError) as exc:
+    # the user's data is at fault: their error, naming the batch, without the pass manager's frame
+    with pytest.raises(CalibrationError, match=r"calibration batch 1: .*NaN"):
         qcompiler.quantize(small_cnn(), [torch.randn(4, 3, 8, 8), bad], progress=False)
-    assert "calibrate" in str(exc.value) and "NaN" in str(exc.value)
-    assert isinstance(exc.value.__cause__, CalibrationError)
 
 
 def test_inf_inside_the_model_names_the_producing_layer():
     model = small_cnn()
     with torch.no_grad():
         model.conv2.weight[0, 0, 0, 0] = float("inf")
-    with pytest.raises(qcompiler.PassError, match="conv2"):
+    with pytest.raises(CalibrationError, match="conv2"):
         qcompiler.quantize(model, [torch.randn(4, 3, 8, 8)], progress=False)
 
 

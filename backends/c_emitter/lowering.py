@@ -31,6 +31,8 @@ from .program import (INPUT_QPARAMS, BackendUnsupported, GemmLowering, IOSpec, P
 from .weights import WeightsBlob
 
 SERIAL_BELOW_MACS = 1 << 19
+#: the model's return code when an input it quantizes holds a NaN or an infinity
+ERR_NONFINITE = "QC_MODEL_ERR_NONFINITE"
 #: value-preserving ops that only change the shape (run as an alias of the same bytes)
 RESHAPES = frozenset({"flatten", "unflatten", "reshape", "squeeze", "unsqueeze", "dropout", "identity"})
 
@@ -136,7 +138,13 @@ class Lowering:
             elif node.op == "get_attr":
                 continue            # read at lowering time by the Quantize of it (lower_shapes.lower_constant)
             else:
-                self.lower_node(node)
+                try:
+                    self.lower_node(node)
+                except BackendUnsupported as exc:
+                    if exc.node is not None:
+                        raise
+                    # a helper's refusal: attributed to the node being lowered (partitioning moves it)
+                    raise unsupported(node, str(exc)) from None
         self.plan.solve()
         blob, digest = self.blob.finish()
         return Program(self.steps, self.plan, self.input_specs, self.output_specs, blob, digest, self.name,
@@ -223,9 +231,9 @@ class Lowering:
         qp = mod.qparams
         self.add_step(f"{node.name}: quantize input {src.name} {list(shape)} to {qp.qtype}"
                       + (" NHWC" if nhwc else ""),
-                      [f"qc_rt_quantize(inputs[{self.inputs[src]}], {self.ptr(out)}, {n}, {c}, {hw}, {int(nhwc)}, "
+                      [f"if (qc_rt_quantize(inputs[{self.inputs[src]}], {self.ptr(out)}, {n}, {c}, {hw}, {int(nhwc)}, "
                        f"{c_float(qp.scale_float())}, {out.zp}, {stored(qp.qtype.qmin, out.signed)}, "
-                       f"{stored(qp.qtype.qmax, out.signed)}, threads);"], writes=[out])
+                       f"{stored(qp.qtype.qmax, out.signed)}, threads)) return {ERR_NONFINITE};"], writes=[out])
         self.values[node] = out
 
     def space_to_depth_plan(self, mod: QConv, cin: int, out_shape: tuple):
@@ -253,10 +261,10 @@ class Lowering:
         out.space_to_depth = (s, tuple(shape))
         self.add_step(f"{node.name}: quantize input {src.name} {list(shape)} to {qp.qtype}, space-to-depth "
                       f"{s}x{s} for {users[0].name}",
-                      [f"qc_rt_quantize_s2d(inputs[{self.inputs[src]}], {self.ptr(out)}, &(qc_window){{{n}, {h}, {w}, "
-                       f"{c}, {h2}, {w2}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, {c_float(qp.scale_float())}, "
+                      [f"if (qc_rt_quantize_s2d(inputs[{self.inputs[src]}], {self.ptr(out)}, &(qc_window){{{n}, {h}, "
+                       f"{w}, {c}, {h2}, {w2}, {s}, {s}, {s}, {s}, {ph}, {pw}, 1, 1}}, {c_float(qp.scale_float())}, "
                        f"{out.zp}, {stored(qp.qtype.qmin, out.signed)}, {stored(qp.qtype.qmax, out.signed)}, "
-                       f"threads);"], writes=[out])
+                       f"threads)) return {ERR_NONFINITE};"], writes=[out])
         self.values[node] = out
         return True
 

@@ -58,7 +58,7 @@ def render(program: Program, headers: list[str], header_comment: str) -> str:
 
 #define QC_MODEL_EXPORT __attribute__((visibility("default")))
 enum {{ QC_MODEL_ERR_NULL = -1, QC_MODEL_ERR_WEIGHTS = -2, QC_MODEL_ERR_UNINIT = -3, QC_MODEL_ERR_NOMEM = -4,
-       QC_MODEL_ERR_SIZE = -5, QC_MODEL_ERR_INDEX = -6 }};
+       QC_MODEL_ERR_SIZE = -5, QC_MODEL_ERR_INDEX = -6, QC_MODEL_ERR_NONFINITE = -7 }};
 
 #define QC_WEIGHTS_BYTES INT64_C({len(program.weights)})
 #define QC_ARENA_BYTES INT64_C({program.plan.arena_bytes})
@@ -71,7 +71,10 @@ QC_MODEL_EXPORT int qc_model_init(const void *weights, int64_t nbytes)
 {{
     if (weights == NULL) return QC_MODEL_ERR_NULL;
     if (nbytes != QC_WEIGHTS_BYTES || memcmp(weights, qc_weights_tag, 40) != 0) return QC_MODEL_ERR_WEIGHTS;
-    if (qc_weights != NULL) return 0;               /* same tag: same weights, already loaded */
+    /* loaded before (the library is shared by every module of this program): only the very same
+     * bytes may be loaded again, so a corrupt copy cannot go unnoticed and a repaired one is not
+     * shadowed by stale state (the caller checks the payload's sha256 before calling this) */
+    if (qc_weights != NULL) return memcmp(weights, qc_weights, (size_t)nbytes) == 0 ? 0 : QC_MODEL_ERR_WEIGHTS;
     void *copy = NULL;
     if (posix_memalign(&copy, {ALIGN}, (size_t)nbytes) != 0) return QC_MODEL_ERR_NOMEM;
     memcpy(copy, weights, (size_t)nbytes);

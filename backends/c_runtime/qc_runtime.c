@@ -22,7 +22,15 @@ typedef struct {
     int nhwc;
     float scale;
     int32_t zp, qmin, qmax;
+    int *nonfinite;                 /* set (to 1) by any chunk that met a NaN or an infinity */
 } qc_quantize_job;
+
+/* x - x is 0 for every finite x and NaN for NaN and +-inf: one compare a lane, vectorized */
+#define QC_NONFINITE(v) ((v) - (v) != 0.0f)
+static inline void qc_flag_nonfinite(int *flag, int seen)
+{
+    if (seen) __atomic_store_n(flag, 1, __ATOMIC_RELAXED);
+}
 
 /* positions per chunk of the boundary conversions (threaded: at batch 8 the input alone is
  * 1.2 M floats) */
@@ -82,6 +90,9 @@ static void qc_quantize_chunk(const void *ctx, int64_t chunk, int slot)
         for (int64_t ch = 0; ch < c; ch++) {
             const float *restrict src = j->x + (b * c + ch) * hw + i0;
             uint8_t *restrict dst = j->nhwc ? tmp[rgb ? ch : 0] : q + (b * c + ch) * hw + i0;
+            int seen = 0;
+            for (int64_t i = 0; i < len; i++) seen |= QC_NONFINITE(src[i]);
+            qc_flag_nonfinite(j->nonfinite, seen);
             for (int64_t i = 0; i < len; i++) {
                 float y = src[i] / scale;           /* IEEE division, as the reference */
                 y = y >= lo ? y : lo;               /* NaN -> lo, as torch */
@@ -107,6 +118,7 @@ typedef struct {
     const qc_window *g;
     float scale;
     int32_t zp, qmin, qmax;
+    int *nonfinite;
 } qc_quantize_s2d_job;
 
 static void qc_quantize_s2d_row(const qc_quantize_s2d_job *j, int64_t chunk)
@@ -125,6 +137,9 @@ static void qc_quantize_s2d_row(const qc_quantize_s2d_job *j, int64_t chunk)
             for (int64_t ch = 0; ch < c; ch++) {
                 const float *restrict src = j->x + ((b * c + ch) * g->h + y) * g->w;
                 uint8_t *restrict dst = plane[ch];
+                int seen = 0;
+                for (int64_t i = 0; i < x1; i++) seen |= QC_NONFINITE(src[i]);
+                qc_flag_nonfinite(j->nonfinite, seen);
                 for (int64_t i = 0; i < x1; i++) {
                     float v = src[i] / scale;           /* IEEE division, as the reference */
                     v = v >= lo ? v : lo;               /* NaN -> lo, as torch */
@@ -155,26 +170,30 @@ static void qc_quantize_s2d_rows(const void *ctx, int64_t chunk, int slot)
     for (int64_t r = chunk * QC_S2D_ROWS; r < r1; r++) qc_quantize_s2d_row(j, r);
 }
 
-void qc_rt_quantize_s2d(const float *x, uint8_t *q, const qc_window *g, float scale, int32_t zp, int32_t qmin,
-                        int32_t qmax, int threads)
+int qc_rt_quantize_s2d(const float *x, uint8_t *q, const qc_window *g, float scale, int32_t zp, int32_t qmin,
+                       int32_t qmax, int threads)
 {
-    const qc_quantize_s2d_job job = {x, q, g, scale, zp, qmin, qmax};
+    int nonfinite = 0;
+    const qc_quantize_s2d_job job = {x, q, g, scale, zp, qmin, qmax, &nonfinite};
     const int64_t rows = g->n * g->oh;
     QC_RT_PARALLEL_FOR(qc_quantize_s2d_rows, &job, (rows + QC_S2D_ROWS - 1) / QC_S2D_ROWS,
                        qc_rt_threads(threads, rows * g->ow * g->sh * g->sw * g->c));
+    return nonfinite ? QC_RT_ERR_NONFINITE : 0;
 }
 
-void qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw, int nhwc,
-                    float scale, int32_t zp, int32_t qmin, int32_t qmax, int threads)
+int qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw, int nhwc,
+                   float scale, int32_t zp, int32_t qmin, int32_t qmax, int threads)
 {
+    int nonfinite = 0;
     if (!nhwc || c == 1 || hw == 1) {       /* one contiguous run ([M, K] rows too): split it evenly */
         hw *= c * n;
         c = n = 1;
         nhwc = 0;
     }
     const int64_t blocks = (hw + QC_BOUNDARY_BLOCK - 1) / QC_BOUNDARY_BLOCK;
-    const qc_quantize_job job = {x, q, c, hw, blocks, nhwc, scale, zp, qmin, qmax};
+    const qc_quantize_job job = {x, q, c, hw, blocks, nhwc, scale, zp, qmin, qmax, &nonfinite};
     QC_RT_PARALLEL_FOR(qc_quantize_chunk, &job, n * blocks, qc_rt_threads(threads, n * c * hw));
+    return nonfinite ? QC_RT_ERR_NONFINITE : 0;
 }
 
 /* chunk = image * blocks + block: QC_BOUNDARY_BLOCK positions of every channel. NCHW order

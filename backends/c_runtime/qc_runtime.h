@@ -93,8 +93,11 @@ static inline int32_t qc_requant(int64_t acc, const qc_rq *r, int64_t j)
 QC_RT_EXPORT void qc_rt_requant_channels(const int32_t *acc, uint8_t *out, int64_t n, const qc_rq *rq);
 
 /* Quantize: float NCHW [n, c, hw] -> uint8, NHWC when nhwc (else same order).
- * q = clamp(round_half_even(x / s) + zp, qmin, qmax) with an IEEE float32 division. */
-QC_RT_EXPORT void qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw, int nhwc,
+ * q = clamp(round_half_even(x / s) + zp, qmin, qmax) with an IEEE float32 division.
+ * Returns 0, or QC_RT_ERR_NONFINITE when x holds a NaN or an infinity (q is then garbage): no
+ * integer stands for them, and the float model would propagate them (docs/robustness.md). */
+#define QC_RT_ERR_NONFINITE (-1)
+QC_RT_EXPORT int qc_rt_quantize(const float *x, uint8_t *q, int64_t n, int64_t c, int64_t hw, int nhwc,
                                  float scale, int32_t zp, int32_t qmin, int32_t qmax, int threads);
 
 /* Dequantize: uint8 (NHWC when nhwc) -> float NCHW, x = float32(q - zp) * s */
@@ -120,8 +123,9 @@ typedef struct qc_window {
 
 /* Quantize of a float NCHW [n, c, h, w] input straight into the space-to-depth layout a
  * strided convolution reads: [n, oh, ow, (dy, dx, ch)] for the window g (kh = kw = sh = sw =
- * s, padding ph / pw filled with zp); c <= 4, s * c * ow * s <= 16384 and w <= 4096 */
-QC_RT_EXPORT void qc_rt_quantize_s2d(const float *x, uint8_t *q, const qc_window *g, float scale, int32_t zp,
+ * s, padding ph / pw filled with zp); c <= 4, s * c * ow * s <= 16384 and w <= 4096.
+ * Returns as qc_rt_quantize. */
+QC_RT_EXPORT int qc_rt_quantize_s2d(const float *x, uint8_t *q, const qc_window *g, float scale, int32_t zp,
                                      int32_t qmin, int32_t qmax, int threads);
 
 /* QConv (im2col half): rows [n*oh*ow, kh*kw*cg] of channels [c0, c0+cg); padding = pad

@@ -19,6 +19,7 @@ source, build.sh, manifest.json); :func:`load_bundle` loads it again without pic
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import shutil
 import stat
@@ -32,12 +33,15 @@ from typing import Callable, Optional
 import torch
 
 from .. import toolchain
-from ..c_emitter import MODEL_HEADER
+from ..c_emitter import HEADER_BYTES, MODEL_HEADER
 
 _DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "float32": torch.float32, "int64": torch.int64}
 _MODEL_ERRORS = {-1: "a required pointer is NULL", -2: "weights do not match this model (size or digest)",
                  -3: "model not initialized", -4: "out of memory", -5: "a buffer or the arena has the wrong size",
-                 -6: "an index input is outside its embedding table"}
+                 -6: "an index input is outside its embedding table",
+                 -7: "an input holds NaN or an infinity"}
+#: qc_model_run's code for a non-finite input (the caller then names which one)
+_ERR_NONFINITE = -7
 BUNDLE_FORMAT = 1
 
 
@@ -64,6 +68,11 @@ class _Native:
         self.cdll = cdll
         self.manifest = json.loads(cdll.qc_model_manifest().decode())
         self.weights = bytes(weights)
+        digest = hashlib.sha256(self.weights[HEADER_BYTES:]).hexdigest()
+        if digest != self.manifest.get("weights_sha256"):
+            raise NativeModelError(f"{self.path}: the weights do not match this model (sha256 of the payload "
+                                   f"{digest[:16]}..., the model expects {str(self.manifest.get('weights_sha256'))[:16]}"
+                                   "...): a corrupt or foreign weights.bin")
         code = cdll.qc_model_init(self.weights, len(self.weights))
         if code != 0:
             raise NativeModelError(f"{self.path}: qc_model_init failed: {self.error(code)}")
@@ -91,6 +100,7 @@ class X86CompiledModel(torch.nn.Module):
         self.threads = threads
         self._recompile = recompile
         self._by_batch: dict[int, X86CompiledModel] = {}
+        self._compile_lock = threading.Lock()
         man = self.native.manifest
         self.input_shapes = [tuple(s["shape"]) for s in man["inputs"]]
         self.input_dtypes = [_DTYPES[s["dtype"]] for s in man["inputs"]]
@@ -154,8 +164,9 @@ class X86CompiledModel(torch.nn.Module):
         if self._recompile is None:
             raise ValueError(f"this model was built for batch size {self.batch}, got {n}; compile it again "
                              "for that batch size (a bundle runs only the batch it was built for)")
-        if n not in self._by_batch:
-            self._by_batch[n] = self._recompile(n)
+        with self._compile_lock:           # threads calling at a new batch size at once build it once
+            if n not in self._by_batch:
+                self._by_batch[n] = self._recompile(n)
         return self._by_batch[n]
 
     def _other_batch(self, inputs: tuple) -> Optional["X86CompiledModel"]:
@@ -173,6 +184,8 @@ class X86CompiledModel(torch.nn.Module):
         return module
 
     def forward(self, *inputs, return_int: bool = False):
+        if inputs and all(isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == 0 for x in inputs):
+            return self._empty_batch(inputs, return_int)
         other = self._other_batch(inputs)
         if other is not None:
             return other(*inputs, return_int=return_int)
@@ -186,6 +199,17 @@ class X86CompiledModel(torch.nn.Module):
                 self._run(xs, outs, return_int, self._arena_ptr, self._arena_bytes, self._threads())
         return tuple(outs) if self.tuple_output else outs[0]
 
+    def _empty_batch(self, inputs: tuple, return_int: bool):
+        """A batch of 0 gives what the float model gives: outputs with 0 rows (nothing runs)."""
+        if len(inputs) != len(self.input_shapes) or \
+                any(tuple(x.shape[1:]) != s[1:] for x, s in zip(inputs, self.input_shapes)) or \
+                any(not s["shape"] or s["shape"][0] != self.batch for s in self.output_specs):
+            raise ValueError(f"an empty batch of shapes {[tuple(x.shape) for x in inputs]}: this model takes "
+                             f"{self.input_shapes} (any batch size), and its outputs must have the batch first")
+        outs = [torch.empty((0, *s["shape"][1:]), dtype=_DTYPES[s["dtype"]] if return_int or s.get("raw")
+                            else torch.float32) for s in self.output_specs]
+        return tuple(outs) if self.tuple_output else outs[0]
+
     def _run(self, xs: list, outs: list, return_int: bool, arena_ptr: int, arena_bytes: int, threads: int):
         """One native call on contiguous inputs and outputs (checked again on the C side)."""
         in_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
@@ -194,6 +218,11 @@ class X86CompiledModel(torch.nn.Module):
         out_numel = (ctypes.c_int64 * max(len(outs), 1))(*[o.numel() for o in outs])
         code = self.native.cdll.qc_model_run_checked(in_ptrs, in_numel, len(xs), out_ptrs, out_numel, len(outs),
                                                      int(return_int), arena_ptr, arena_bytes, threads)
+        if code == _ERR_NONFINITE:
+            bad = next((i for i, x in enumerate(xs) if x.is_floating_point() and not bool(torch.isfinite(x).all())), None)
+            raise ValueError(f"input {bad} holds NaN or an infinity: no integer stands for them, so the quantized model "
+                             "refuses them (the float model would propagate them); check the data or the op that "
+                             "produced it")
         if code != 0:
             raise NativeModelError(f"qc_model_run failed: {self.native.error(code)}")
 
@@ -273,6 +302,9 @@ class X86CompiledModel(torch.nn.Module):
         ``-DQC_PROFILE`` (a clock read around every step; the plain build has none).
         Returns one dict per step: ``index``, ``step`` (what it computes), ``ms`` (mean per run)
         and ``share`` of the total, in program order."""
+        other = self._other_batch(inputs)
+        if other is not None:               # as forward: another batch size runs its own build
+            return other.profile(*inputs, repeats=repeats, warmup=warmup)
         if self.model_flags is None:
             raise RuntimeError("profile() needs the flags the model was built with; compile the model "
                                "with qcompiler.compile (or load_bundle) first")
@@ -344,8 +376,12 @@ def load_bundle(path, *, threads: Optional[int] = None) -> X86CompiledModel:
     from .runtime_library import runtime_name
 
     root = Path(path)
-    manifest = json.loads((root / "manifest.json").read_text())
-    if manifest.get("format") != BUNDLE_FORMAT or manifest.get("target") != "x86":
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{root / 'manifest.json'}: not a readable bundle manifest ({type(exc).__name__}: {exc}); "
+                         "save the model again (X86CompiledModel.save)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT or manifest.get("target") != "x86":
         raise ValueError(f"{root} is not an x86 bundle of format {BUNDLE_FORMAT}")
     runtime_src = (root / "runtime" / "qc_x86_runtime.c").read_text()
     runtime = toolchain.build_shared_library(runtime_src, flags=manifest["runtime_flags"],

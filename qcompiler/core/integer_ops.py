@@ -126,12 +126,25 @@ def check_accumulator(layer: str, k: int, input_qp: QParams, weight: torch.Tenso
     zw = weight_qp.zero_point.reshape([-1] + [1] * (weight.dim() - 1)) if weight_qp.per_channel \
         else weight_qp.zero_point
     max_dw = int((weight.to(torch.int64) - zw).abs().max()) if weight.numel() else 0
-    max_bias = int(bias.abs().max()) if bias is not None and bias.numel() else 0
+    # in int64: abs(-2^31) does not fit int32 (torch returns it negative)
+    max_bias = int(bias.to(torch.int64).abs().max()) if bias is not None and bias.numel() else 0
     bound = k * max_dx * max_dw + max_bias
     if bound > INT32_MAX:
         raise AccumulatorOverflowError(
             f"layer {layer}: int32 accumulator may overflow (K={k} · {max_dx} · {max_dw} + {max_bias} "
             f"= {bound} > 2^31−1); keep this layer in float or split it")
+
+
+def quantize_bias(layer: str, bias: torch.Tensor, bias_qp: QParams) -> torch.Tensor:
+    """The int32 bias at scale s_x · s_w, or AccumulatorOverflowError where one does not fit int32
+    (quantize() would clamp it silently: a bias of -10 over a weight scale of 1e-7)."""
+    exact = torch.round(bias.to(torch.float64) / bias_qp.scale.to(torch.float64))
+    worst = float(exact.abs().max()) if exact.numel() else 0.0
+    if worst > INT32_MAX:
+        raise AccumulatorOverflowError(
+            f"layer {layer}: its bias does not fit int32 at scale s_x · s_w (|bias| / scale = {worst:.3g} "
+            f"> 2^31−1; the smallest weight scale is {float(bias_qp.scale.min()):.3g}); keep this layer in float")
+    return quantize(bias, bias_qp).to(torch.int32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -448,6 +461,12 @@ class Quantize(nn.Module):
         self.qparams = qparams
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # no integer stands for NaN or +-inf: refused, as the compiled code refuses them
+        # (saturating them would give finite, plausible outputs; docs/robustness.md)
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError("a value to quantize holds NaN or an infinity: no integer stands for them, so the "
+                             "quantized model refuses them (the float model would propagate them); check the "
+                             "input data or the float op that produced it")
         return quantize(x, self.qparams)
 
     def extra_repr(self) -> str:

@@ -71,6 +71,10 @@ def qparams_from_range(lo, hi, qtype: QType, *, symmetric: bool, axis=None) -> Q
     else:
         scale = (hi - lo) / float(qmax - qmin)
         zp = None
+    # a range of exactly zero (an all-zero weight channel: a pruned one) quantizes to the zero point
+    # at any scale; 1.0 keeps its int32 bias (at scale s_x · s_w) and requant multiplier ordinary,
+    # where the smallest scale would push a bias of -10 past int32
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     scale = torch.clamp(scale, min=MIN_SCALE).to(torch.float32)
     if zp is None:
         zp = torch.clamp(qmin - torch.round(lo / scale.double()), qmin, qmax).to(torch.int64)

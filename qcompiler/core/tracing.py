@@ -81,7 +81,15 @@ def trace(model: torch.nn.Module, example_inputs: Optional[Iterable[Any]] = None
 
 def _check_trace(model, gm, example_inputs) -> None:
     with torch.no_grad():
-        expected, got = model(*example_inputs), gm(*example_inputs)
+        try:
+            expected = model(*example_inputs)
+        except Exception as exc:  # noqa: BLE001 - the data, not the trace, is at fault
+            shapes = ", ".join(f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                               for t in example_inputs)
+            raise TraceError(f"the float {type(model).__name__} fails on the example inputs ({shapes}), the "
+                             f"first calibration batch unless example_inputs= is given: {type(exc).__name__}: "
+                             f"{exc}. Give inputs the float model accepts (dtype, shape)") from exc
+        got = gm(*example_inputs)
     flat_e, flat_g = _flatten(expected), _flatten(got)
     if len(flat_e) != len(flat_g) or not all(
             torch.allclose(e, g, rtol=1e-4, atol=1e-5, equal_nan=True) for e, g in zip(flat_e, flat_g)):
