@@ -529,8 +529,9 @@ void qc_rt_requant_channels(const int32_t *restrict acc, uint8_t *restrict out, 
 /* one block of `cnt` (<= 16) channels of one output pixel: taps [0, ni) x [0, nt) from x (the
  * first tap inside the input, this block's channel 0; xi / xt: byte steps per kernel row /
  * column) with weights wb (the same tap's 16 weights; wi / 16: steps likewise). interior3: a
- * whole 3x3 window, with zx folded into bias3 (x zero-extended to int32 has zero upper
- * halves, so vpmaddwd of it with an int32 weight is exactly x * w: one uop, not sub + mullo) */
+ * whole window (3x3 in the AVX-512 blocks, any size in the others), with zx folded into
+ * bias3 (x zero-extended to int32 has zero upper halves, so vpmaddwd of it with an int32
+ * weight is exactly x * w: one uop, not sub + mullo) */
 static inline __attribute__((always_inline)) void
 qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint8_t *x, int64_t xi, int64_t xt,
             const int32_t *wb, int64_t wi, int32_t ni, int32_t nt, int interior3, int64_t c0, int cnt)
@@ -576,7 +577,7 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
     if (cnt == QC_DW_BLOCK) {
         __m256i s0 = _mm256_loadu_si256((const __m256i *)bias), s1 = _mm256_loadu_si256((const __m256i *)(bias + 8));
         const __m256i z = _mm256_set1_epi32(interior3 ? 0 : j->zx);
-        if (interior3)          /* zx folded: vpmaddwd of the zero-extended x, one uop per 8 taps */
+        if (interior3) {        /* zx folded into bias3: vpmaddwd, no subtraction, no vpmulld */
             for (int32_t i = 0; i < ni; i++)
                 for (int32_t t = 0; t < nt; t++) {
                     const uint8_t *px = x + i * xi + t * xt;
@@ -586,16 +587,17 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
                     s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(px + 8))),
                                                                 _mm256_loadu_si256((const __m256i *)(pw + 8))));
                 }
-        else
-        for (int32_t i = 0; i < ni; i++)
-            for (int32_t t = 0; t < nt; t++) {
-                const uint8_t *px = x + i * xi + t * xt;
-                const int32_t *pw = wb + i * wi + t * 16;
-                const __m256i x0 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)px)), z);
-                const __m256i x1 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(px + 8))), z);
-                s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(x0, _mm256_loadu_si256((const __m256i *)pw)));
-                s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(x1, _mm256_loadu_si256((const __m256i *)(pw + 8))));
-            }
+        } else {
+            for (int32_t i = 0; i < ni; i++)
+                for (int32_t t = 0; t < nt; t++) {
+                    const uint8_t *px = x + i * xi + t * xt;
+                    const int32_t *pw = wb + i * wi + t * 16;
+                    const __m256i x0 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)px)), z);
+                    const __m256i x1 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(px + 8))), z);
+                    s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(x0, _mm256_loadu_si256((const __m256i *)pw)));
+                    s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(x1, _mm256_loadu_si256((const __m256i *)(pw + 8))));
+                }
+        }
         _mm256_storeu_si256((__m256i *)acc, s0);
         _mm256_storeu_si256((__m256i *)(acc + 8), s1);
         l0 = QC_DW_BLOCK;
