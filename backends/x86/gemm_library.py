@@ -97,12 +97,12 @@ def library_source() -> str:
 
     def expand(name: str) -> list[str]:
         path = KERNEL_DIR / name
-        out = [f'#line 1 "{path}"']
+        out = [f'#line 1 "{name}"']  # the name, not the path: the cache key must not depend on the install
         for lineno, line in enumerate(path.read_text().splitlines(), start=1):
             m = _INCLUDE.match(line)
             if m and (KERNEL_DIR / m.group(1)).is_file():
                 out.extend(expand(m.group(1)))
-                out.append(f'#line {lineno + 1} "{path}"')
+                out.append(f'#line {lineno + 1} "{name}"')
             else:
                 out.append(line)
         return out
