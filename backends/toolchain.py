@@ -6,12 +6,22 @@ built, for people to read) and ``manifest.json``. The key hashes the format vers
 name, flags and compiler identity. An entry is written in a temporary directory and published
 by one ``os.replace``, so nobody sees a half-written one; a per-key ``flock`` makes concurrent
 builders of one key compile once; every hit re-hashes the .so against the manifest, so a
-truncated or corrupt entry is reported and rebuilt.
+truncated or corrupt entry is reported and rebuilt, and a library that hashes right but does not
+load (``load_library``) is rebuilt once from the source and flags its entry keeps.
+
+A cache directory that cannot be written (read-only, full, not a directory) is not fatal: the
+build goes to a private fallback cache in the temp directory (``fallback_cache_root()``), with a
+warning naming both; only when that fails too is it an error.
+
+``QCOMPILER_SANITIZE=1`` adds ``SANITIZER_FLAGS`` (ASan + UBSan) to every build, runtime and
+models alike (they are part of the cache key); such libraries load only in a process started
+with ``sanitizer_env()`` (libasan preloaded), which ``load_library`` checks.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import functools
 import hashlib
@@ -36,12 +46,33 @@ DEFAULT_FLAGS = ("-O3", "-fno-strict-aliasing")
 # Flags that would break bit-exactness with the reference (they re-enable contraction or reassociate).
 FORBIDDEN_FLAGS = ("-ffast-math", "-Ofast", "-ffp-contract=fast", "-ffp-contract=on")
 BUILD_TIMEOUT_S = 900
+SANITIZE_ENV = "QCOMPILER_SANITIZE"
+# -fno-sanitize-recover: the first UB report aborts, so a test cannot pass over one. -O0 (after
+# the caller's -O): instrumented -O3 builds the runtime in minutes, -O0 in ~20 s, and checks the
+# same loads and stores (the kernels' vector code is explicit intrinsics at any -O).
+SANITIZER_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                   "-g", "-O0")
+# What a compiler prints when it cannot write its output for lack of room or permission (the
+# cache directory, not the program, is at fault then).
+_UNWRITABLE_MESSAGES = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
 _STDERR_LIMIT = 4000
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class ToolchainError(RuntimeError):
     pass
+
+
+class MissingSymbolError(ToolchainError, AttributeError):
+    """A loaded library lacks a symbol its caller needs (an AttributeError too, so ``hasattr``
+    on a library keeps working)."""
+
+
+class _Unwritable(Exception):
+    """The cache directory cannot hold a new entry (read-only, full, not a directory)."""
+
+
+_unwritable_roots: dict[Path, str] = {}  # cache roots found unwritable in this process, and why
 
 
 class _Kind(NamedTuple):
@@ -68,6 +99,37 @@ class CompilerIdentity(NamedTuple):
 
 def cache_root() -> Path:
     return Path(os.environ.get("QCOMPILER_CACHE_DIR", Path.home() / ".cache" / "qcompiler")) / "build"
+
+
+def fallback_cache_root() -> Path:
+    """Where builds go when ``cache_root()`` cannot be written: private to this user."""
+    return Path(tempfile.gettempdir()) / f"qcompiler-{os.getuid()}" / "build"
+
+
+def sanitizer_flags() -> tuple[str, ...]:
+    """``SANITIZER_FLAGS`` when ``$QCOMPILER_SANITIZE`` is on, else nothing."""
+    value = os.environ.get(SANITIZE_ENV, "").strip().lower()
+    if value in ("", "0", "no", "false", "off"):
+        return ()
+    if value in ("1", "yes", "true", "on"):
+        return SANITIZER_FLAGS
+    raise ToolchainError(f"{SANITIZE_ENV}={value!r}: set it to 1 for ASan+UBSan builds, or 0")
+
+
+def sanitizer_env(kind: str = "cc") -> dict[str, str]:
+    """Environment variables for a process that loads sanitized libraries (add them to
+    ``os.environ`` of a *new* process): ASan must be loaded before the interpreter's own
+    allocations, so its runtime is preloaded; leak checking is off (CPython does not free
+    everything at exit); the first error aborts with a stack trace."""
+    cc = find_compiler(kind)
+    proc = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True)
+    libasan = proc.stdout.strip()
+    if proc.returncode != 0 or not os.path.isabs(libasan) or not os.path.exists(libasan):
+        raise ToolchainError(f"{cc} has no AddressSanitizer runtime (libasan.so): install it "
+                             "(`apt-get install libasan8` or the one matching your gcc)")
+    return {SANITIZE_ENV: "1", "LD_PRELOAD": libasan,
+            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:halt_on_error=1",
+            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
 
 
 def compile_flags(*extra: str) -> tuple[str, ...]:
@@ -136,28 +198,72 @@ def build_shared_library(source: str, *, flags: Sequence[str] = (), name: str = 
                          kind: str = "cc") -> Path:
     """Path of ``lib<name>.so`` built from ``source`` with ``flags``, compiled only on a cache miss.
 
-    ``REQUIRED_FLAGS`` are always added; ``compile_flags()`` gives sensible ``flags``.
+    ``REQUIRED_FLAGS`` are always added, and ``sanitizer_flags()`` after ``flags``;
+    ``compile_flags()`` gives sensible ``flags``.
     """
-    flags = tuple(flags)
+    flags = (*flags, *sanitizer_flags())
     _check_request(flags, name)
     cc = find_compiler(kind)
     key = cache_key(source, flags, compiler_identity(cc), name)
-    entry = cache_root() / key[:2] / key
+    root = cache_root()
+    reason = _unwritable_roots.get(root)
+    if reason is None:
+        try:
+            return _build_in(root, source, flags, name, kind, cc, key)
+        except _Unwritable as e:
+            reason = str(e)
+        if root != fallback_cache_root():
+            _unwritable_roots[root] = reason
+            warnings.warn(f"qcompiler build cache {root} cannot be written ({reason}); building in "
+                          f"{fallback_cache_root()} instead, for the rest of this process (set "
+                          "QCOMPILER_CACHE_DIR to a writable directory to keep builds)", stacklevel=2)
+    elif _entry_problem(root / key[:2] / key, key, name) is None:  # a read-only cache still serves its entries
+        return root / key[:2] / key / f"lib{name}.so"
+    fallback = fallback_cache_root()
+    if fallback == root:
+        raise ToolchainError(f"cannot write the build cache {root}: {reason}")
+    try:
+        return _build_in(fallback, source, flags, name, kind, cc, key)
+    except _Unwritable as e:
+        raise ToolchainError(f"cannot write the build cache {root} ({reason}) nor the fallback {fallback} "
+                             f"({e}): free some space, or set QCOMPILER_CACHE_DIR to a writable "
+                             "directory") from None
+
+
+def _build_in(root: Path, source: str, flags: tuple[str, ...], name: str, kind: str, cc: str, key: str) -> Path:
+    if root == fallback_cache_root():
+        _make_private(root.parent)
+    entry = root / key[:2] / key
     lib = entry / f"lib{name}.so"
     if _entry_problem(entry, key, name) is None:  # fast path: no lock, entries are immutable once published
         return lib
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(entry.parent / f"{key}.lock"):
-        problem = _entry_problem(entry, key, name)
-        if problem is None:  # another process built it while we waited
-            return lib
-        _remove_leftovers(entry.parent, key)  # only a lock holder writes them, so these are from crashes
-        if entry.exists():
-            warnings.warn(f"qcompiler build cache entry {entry} is invalid ({problem}); rebuilding it",
-                          stacklevel=2)
-            _discard(entry, key)
-        _build_entry(source, flags, name, cc, key, entry)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(entry.parent / f"{key}.lock"):
+            problem = _entry_problem(entry, key, name)
+            if problem is None:  # another process built it while we waited
+                return lib
+            _remove_leftovers(entry.parent, key)  # only a lock holder writes them, so these are from crashes
+            if entry.exists():
+                warnings.warn(f"qcompiler build cache entry {entry} is invalid ({problem}); rebuilding it",
+                              stacklevel=3)
+                _discard(entry, key)
+            _build_entry(source, flags, name, kind, cc, key, entry)
+    except OSError as e:  # the compiler's own failures are ToolchainErrors: this is the file system
+        raise _Unwritable(f"{type(e).__name__}: {e}") from None
     return lib
+
+
+def _make_private(top: Path) -> None:
+    """The fallback lives in a shared temp directory: use it only if nobody else can write it
+    (another user could otherwise plant libraries for us to load)."""
+    try:
+        top.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = top.stat()
+    except OSError as e:
+        raise _Unwritable(f"{type(e).__name__}: {e}") from None
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise _Unwritable(f"{top} is owned or writable by another user")
 
 
 def _check_request(flags: tuple[str, ...], name: str) -> None:
@@ -222,7 +328,8 @@ def _discard(entry: Path, key: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _build_entry(source: str, flags: tuple[str, ...], name: str, cc: str, key: str, entry: Path) -> None:
+def _build_entry(source: str, flags: tuple[str, ...], name: str, kind: str, cc: str, key: str,
+                 entry: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=entry.parent))
     try:
         os.chmod(tmp, 0o755)
@@ -230,10 +337,10 @@ def _build_entry(source: str, flags: tuple[str, ...], name: str, cc: str, key: s
         (tmp / src).write_text(source, encoding="utf-8")
         # Relative paths, run in tmp: diagnostics say "qc.c:3:5", and no temp path lands in the binary.
         command = [cc, *REQUIRED_FLAGS, *flags, src, "-o", lib]
-        _compile(command, tmp, source, key, name)
+        _compile(command, tmp, source, key, name, entry.parent.parent)
         size, digest = _file_digest(tmp / lib)
         manifest = {"format": FORMAT_VERSION, "key": key, "compiler": compiler_identity(cc)._asdict(),
-                    "flags": list(flags), "command": command,
+                    "kind": kind, "flags": list(flags), "command": command,
                     "library": {"file": lib, "size": size, "sha256": digest},
                     "source": src, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -247,7 +354,7 @@ def _build_entry(source: str, flags: tuple[str, ...], name: str, cc: str, key: s
         shutil.rmtree(tmp, ignore_errors=True)  # no-op once published
 
 
-def _compile(command: list[str], cwd: Path, source: str, key: str, name: str) -> None:
+def _compile(command: list[str], cwd: Path, source: str, key: str, name: str, root: Path) -> None:
     try:
         proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -256,7 +363,10 @@ def _compile(command: list[str], cwd: Path, source: str, key: str, name: str) ->
         if proc.returncode == 0:
             return
         failure = f"compiler exited with status {proc.returncode}"
-    kept = _keep_failed_source(source, key, name)
+        full = [line for line in proc.stderr.splitlines() if any(m in line for m in _UNWRITABLE_MESSAGES)]
+        if full:
+            raise _Unwritable(f"the compiler could not write its output: {full[0].strip()}")
+    kept = _keep_failed_source(source, key, name, root)
     rerun = [*command[:-3], str(kept), "-o", f"/tmp/lib{name}.so"]
     output = _trim(proc.stderr or proc.stdout) if proc else "(none)"
     raise ToolchainError(
@@ -268,11 +378,16 @@ def _compile(command: list[str], cwd: Path, source: str, key: str, name: str) ->
         "an unrecognized -m flag means this compiler is too old for that ISA.")
 
 
-def _keep_failed_source(source: str, key: str, name: str) -> Path:
-    kept = cache_root() / "failed" / key / f"{name}.c"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(source, encoding="utf-8")
-    return kept
+def _keep_failed_source(source: str, key: str, name: str, root: Path) -> Path:
+    for base in (root, fallback_cache_root()):
+        kept = base / "failed" / key / f"{name}.c"
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(source, encoding="utf-8")
+            return kept
+        except OSError:
+            continue
+    return Path("(not kept: no writable cache directory)")
 
 
 def _trim(text: str, limit: int = _STDERR_LIMIT) -> str:
@@ -282,11 +397,92 @@ def _trim(text: str, limit: int = _STDERR_LIMIT) -> str:
     return f"{text[:limit]}\n... [{len(text) - limit} more characters trimmed]"
 
 
-def load_library(path: Path) -> ctypes.CDLL:
+class _CheckedLibrary(ctypes.CDLL):
+    """A CDLL whose missing symbols are reported with the library and the source it came from
+    (an emptied or garbled generated source builds, and then lacks every entry point)."""
+
+    def __getitem__(self, symbol):
+        try:
+            return super().__getitem__(symbol)
+        except AttributeError:
+            path = Path(self._name)
+            raise MissingSymbolError(f"{path} has no symbol {symbol!r}: {_describe_source(path)} does not "
+                                     "define it (emptied or garbled? regenerate it)") from None
+
+
+def _describe_source(lib: Path) -> str:
+    source = lib.parent / _read_manifest(lib).get("source", "")
+    if not source.is_file():
+        return "its source"
+    size = source.stat().st_size
+    return f"its source {source} ({'an empty file' if size == 0 else f'{size} bytes'})"
+
+
+def _read_manifest(lib: Path) -> dict:
     try:
-        return ctypes.CDLL(str(path))
+        manifest = json.loads((lib.parent / "manifest.json").read_text())
+        return manifest if isinstance(manifest, dict) and manifest.get("library", {}).get("file") == lib.name else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """Load a library built by :func:`build_shared_library`. A cache entry that does not load
+    (its manifest vouched for a broken file) is rebuilt once from the source and flags it keeps."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    if any(f.startswith("-fsanitize=address") for f in manifest.get("flags", ())) and not _asan_loaded():
+        raise ToolchainError(f"{path} was built with AddressSanitizer ({SANITIZE_ENV}=1) and loads only in a "
+                             "process started with its runtime preloaded: run it with the variables of "
+                             "qcompiler.backends.toolchain.sanitizer_env() (LD_PRELOAD=<libasan.so>)")
+    try:
+        return _CheckedLibrary(str(path))
     except OSError as e:
-        raise ToolchainError(f"cannot load {path}: {e} (built for another machine, or deleted?)") from None
+        failure = e
+    if not manifest:
+        raise ToolchainError(f"cannot load {path}: {failure} (built for another machine, or deleted?)")
+    warnings.warn(f"cannot load {path} ({failure}); rebuilding its cache entry {path.parent}", stacklevel=2)
+    _rebuild(path, manifest)
+    try:
+        return _CheckedLibrary(str(path))
+    except OSError as e:
+        raise ToolchainError(f"cannot load {path} even after rebuilding it: {e}") from None
+
+
+def _asan_loaded() -> bool:
+    try:
+        ctypes.CDLL(None)["__asan_init"]
+        return True
+    except AttributeError:
+        return False
+
+
+def _rebuild(lib: Path, manifest: dict) -> None:
+    """Build the entry holding ``lib`` again, in place, from its kept source and flags."""
+    entry, name = lib.parent, lib.name[len("lib"):-len(".so")]
+    try:
+        source = (entry / manifest["source"]).read_text(encoding="utf-8")
+        flags, kind = tuple(manifest["flags"]), manifest.get("kind", "cc")
+    except (OSError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ToolchainError(f"cannot load {lib}, nor rebuild it: its entry's source or manifest is "
+                             f"unreadable ({e}); delete {entry}") from None
+    cc = find_compiler(kind)
+    key = cache_key(source, flags, compiler_identity(cc), name)
+    if key != entry.name or manifest.get("key") != key:
+        raise ToolchainError(f"cannot load {lib}, nor rebuild it: its kept source and flags no longer hash to "
+                             f"its key (edited, or another compiler now); delete {entry}")
+    try:
+        with _locked(entry.parent / f"{key}.lock"):
+            try:            # another process may have rebuilt it while we waited
+                _CheckedLibrary(str(lib))
+                return
+            except OSError:
+                pass
+            _remove_leftovers(entry.parent, key)
+            _discard(entry, key)
+            _build_entry(source, flags, name, kind, cc, key, entry)
+    except OSError as e:
+        raise ToolchainError(f"cannot load {lib}, nor rebuild it in place: {type(e).__name__}: {e}") from None
 
 
 def disassemble(path: Path, *, kind: str = "cc") -> str:

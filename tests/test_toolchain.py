@@ -8,7 +8,9 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
+import warnings
 
 import pytest
 
@@ -245,3 +247,146 @@ def test_env_restricts_features(monkeypatch):
 
 def test_host_features_are_known_names():
     assert cpu.cpu_features() <= cpu.KNOWN_FEATURES
+
+
+# -- a library that hashes right but does not load; sources without the expected symbols ------
+
+
+def _vouch_for(lib):
+    """Rewrite the manifest so that it describes ``lib`` as it is now (consistent, but wrong)."""
+    manifest_path = lib.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    size, digest = toolchain._file_digest(lib)
+    manifest["library"].update(size=size, sha256=digest)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_entry_that_does_not_load_is_rebuilt_once(tmp_path, monkeypatch):
+    cc, count = counting_compiler(tmp_path)
+    monkeypatch.setenv("QCOMPILER_CC", str(cc))
+    lib = toolchain.build_shared_library(ADD)
+    lib.write_bytes(b"\x7fELF" + bytes(200))  # not loadable, yet the manifest will vouch for it
+    _vouch_for(lib)
+    assert toolchain.build_shared_library(ADD) == lib and compilations(count) == 1  # a consistent hit
+    with pytest.warns(UserWarning, match="rebuilding its cache entry"):
+        loaded = toolchain.load_library(lib)
+    assert loaded.add(2, 3) == 5 and compilations(count) == 2
+    assert toolchain._entry_problem(lib.parent, lib.parent.name, "qc") is None
+
+
+def test_entry_that_does_not_load_and_cannot_be_rebuilt(tmp_path):
+    lib = toolchain.build_shared_library(ADD)
+    lib.write_bytes(bytes(100))
+    _vouch_for(lib)
+    (lib.parent / "qc.c").write_text("int add(int a, int b) { return a - b; }\n")  # not what the key says
+    with pytest.warns(UserWarning), pytest.raises(ToolchainError, match="no longer hash to its key"):
+        toolchain.load_library(lib)
+    outside = tmp_path / "libother.so"       # no cache entry around it: nothing to rebuild from
+    outside.write_bytes(bytes(100))
+    with pytest.raises(ToolchainError, match=f"cannot load {outside}"):
+        toolchain.load_library(outside)
+
+
+def test_emptied_source_names_the_file_not_an_undefined_symbol():
+    lib = toolchain.build_shared_library("", name="qc_model")  # an empty translation unit builds
+    loaded = toolchain.load_library(lib)
+    with pytest.raises(toolchain.MissingSymbolError) as err:
+        loaded.qc_model_init
+    message = str(err.value)
+    assert "'qc_model_init'" in message and str(lib.parent / "qc_model.c") in message and "an empty file" in message
+    assert "undefined symbol" not in message
+    assert not hasattr(loaded, "qc_model_run")  # still an AttributeError for hasattr
+
+
+def test_garbled_source_fails_to_build_naming_the_line(cache):
+    with pytest.raises(ToolchainError) as err:
+        toolchain.build_shared_library("int qc_model_init(const char *w, long n) { return w[n] ??? }\n",
+                                       name="qc_model")
+    assert "qc_model.c:1:" in str(err.value) and "source kept at" in str(err.value)
+
+
+# -- a cache directory that cannot be written: fallback to a private temp cache ---------------
+
+
+@pytest.fixture
+def fallback(tmp_path, monkeypatch):
+    """A private temp directory for the fallback cache."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    return toolchain.fallback_cache_root()
+
+
+def _unwritable_caches(tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    yield "below a file", file / "cache"
+    if os.geteuid() != 0:                    # root writes through permission bits
+        ro = tmp_path / "read-only"
+        ro.mkdir()
+        ro.chmod(0o555)
+        yield "read-only", ro
+
+
+def test_unwritable_cache_falls_back_to_a_private_temp_dir(tmp_path, monkeypatch, fallback):
+    cc, count = counting_compiler(tmp_path)
+    monkeypatch.setenv("QCOMPILER_CC", str(cc))
+    for what, root in _unwritable_caches(tmp_path):
+        monkeypatch.setenv("QCOMPILER_CACHE_DIR", str(root))
+        before = compilations(count)
+        with pytest.warns(UserWarning, match=f"cache {root}/build cannot be written .*building in {fallback}"):
+            lib = toolchain.build_shared_library(ADD + f"// {what}\n")
+        assert lib.is_relative_to(fallback), what
+        assert toolchain.load_library(lib).add(1, 1) == 2
+        assert (fallback.parent.stat().st_mode & 0o777) == 0o700
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")       # warned once: the root is remembered as unwritable
+            toolchain.build_shared_library(ADD + f"// {what}\n")  # found in the fallback
+            toolchain.build_shared_library(ADD + f"// {what} 2\n")
+        assert compilations(count) == before + 2, what
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_read_only_cache_serves_its_entries(tmp_path, cache):
+    lib = toolchain.build_shared_library(ADD)
+    for path in [*cache.rglob("*"), cache]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert toolchain.build_shared_library(ADD) == lib
+    finally:
+        for path in [cache, *cache.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+def full_disk_compiler(tmp_path, full_below):
+    """gcc, but failing as gcc does on a full disk when it writes below ``full_below``."""
+    script = tmp_path / "full-disk-cc"
+    script.write_text("#!/bin/sh\n"
+                      f'case "$(pwd)" in "{full_below}"*) case " $* " in *" -shared "*)\n'
+                      '  echo "/usr/bin/ld: final close failed: No space left on device" >&2; exit 1;; esac;; esac\n'
+                      f'exec {shutil.which("gcc")} "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_full_cache_falls_back_then_says_both_are_full(tmp_path, monkeypatch, cache, fallback):
+    monkeypatch.setenv("QCOMPILER_CC", str(full_disk_compiler(tmp_path, cache)))
+    with pytest.warns(UserWarning, match="No space left on device"):
+        lib = toolchain.build_shared_library(ADD)
+    assert lib.is_relative_to(fallback) and toolchain.load_library(lib).add(3, 4) == 7
+    assert not (cache / "failed").exists()     # not reported as a bad program
+    monkeypatch.setenv("QCOMPILER_CC", str(full_disk_compiler(tmp_path, tmp_path)))  # everything full
+    with pytest.raises(ToolchainError) as err:
+        toolchain.build_shared_library(ADD + "\n")
+    message = str(err.value)
+    assert str(cache) in message and str(fallback) in message and "No space left on device" in message
+
+
+def test_fallback_shared_with_other_users_is_refused(tmp_path, monkeypatch, fallback):
+    monkeypatch.setenv("QCOMPILER_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    (tmp_path / "a-file").write_text("")
+    fallback.parent.mkdir()
+    fallback.parent.chmod(0o777)              # e.g. made by someone else in a shared /tmp
+    with pytest.warns(UserWarning), pytest.raises(ToolchainError, match="writable by another user"):
+        toolchain.build_shared_library(ADD)
