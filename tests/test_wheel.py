@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import sysconfig
@@ -124,9 +125,10 @@ def test_wheel_installs_and_compiles_outside_the_checkout(wheel, tmp_path):
     run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel])
     # The dependencies (torch, ...) come from this interpreter's site-packages as a plain path
     # line: .pth files inside it (the editable install's finder among them) are not processed.
-    site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
-    deps = {str(Path(torch.__file__).resolve().parent.parent), sysconfig.get_paths()["purelib"]}
-    (site / "outer-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
+    site_dir = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
+    deps = [str(Path(torch.__file__).resolve().parent.parent), sysconfig.get_paths()["purelib"],
+            *site.getsitepackages(), site.getusersitepackages()]
+    (site_dir / "outer-deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
