@@ -186,8 +186,17 @@ def _softmax_dim(head: fx.Node, modules: dict, ndim: int) -> int:
     return dim % max(ndim, 1)
 
 
+def _shape_preserving_input_shape(head: fx.Node) -> Optional[tuple]:
+    """The input shape of softmax / LayerNorm: their own recorded output shape. (Their input
+    may be an op lowered just before, e.g. a rank-reducing mean, whose new node records no
+    shape; _value_shape would walk past it to the shape of ITS input.)"""
+    if has_node_info(head) and node_info(head).shape is not None:
+        return tuple(node_info(head).shape)
+    return _value_shape(head.args[0])
+
+
 def build_softmax(gm, head, in_qps, out_qp, mode, act, layer, modules) -> QSoftmax:
-    shape = _value_shape(head.args[0])
+    shape = _shape_preserving_input_shape(head)
     return QSoftmax(in_qps[0], out_qp, _softmax_dim(head, modules, len(shape)), layer)
 
 
@@ -271,7 +280,8 @@ def build_layer_norm(gm, head, in_qps, out_qp, mode, act, layer, modules) -> QLa
         shape = _arg(head, 1, "normalized_shape", None)
         shape = (shape,) if not isinstance(shape, (tuple, list, torch.Size)) else tuple(shape)
         if not all(isinstance(v, int) for v in shape):   # sizes read from x.shape: the traced values
-            shape = _value_shape(head.args[0])[len(_value_shape(head.args[0])) - len(shape):]
+            full = _shape_preserving_input_shape(head)
+            shape = full[len(full) - len(shape):]
         gamma = _constant(gm, _arg(head, 2, "weight", None))
         beta = _constant(gm, _arg(head, 3, "bias", None))
         eps = float(_arg(head, 4, "eps", 1e-5))
