@@ -90,6 +90,17 @@ def test_conformance_suite_sanitized(tmp_path):
     assert run_sanitized_pytest(tmp_path, "tests/test_conformance.py", "-k", "x86", timeout=3600) > 20
 
 
+OP_FAMILY_SUITES = ["tests/test_ops_elementwise.py", "tests/test_ops_shapes.py", "tests/test_ops_transformer.py",
+                    "tests/test_ops_reduce.py", "tests/test_ops_embedding.py"]
+
+
+@pytest.mark.slow
+def test_op_family_suites_sanitized(tmp_path):
+    """The x86 tests of every op family's suite: lookups, shapes and broadcasts, QMatMul /
+    QSoftmax / QLayerNorm, reductions, embeddings (and its out-of-range indices)."""
+    assert run_sanitized_pytest(tmp_path, *OP_FAMILY_SUITES, "-k", "x86", timeout=3600) > 50
+
+
 # -- the profile itself: it must catch what it is for, and refuse to be half on ------------------
 
 BUGGY = r"""
@@ -119,6 +130,7 @@ def test_the_profile_catches_memory_errors_and_undefined_behaviour(tmp_path, fun
 
 
 def test_sanitized_library_is_refused_without_its_runtime(tmp_path, monkeypatch):
+    sanitized_environment()  # skips where the compiler has no ASan runtime to link against
     monkeypatch.setenv("QCOMPILER_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv(toolchain.SANITIZE_ENV, "1")
     lib = toolchain.build_shared_library("int one(void) { return 1; }\n", name="one")
