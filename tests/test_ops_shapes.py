@@ -253,6 +253,15 @@ def test_expand_repeat_reshape(target, data, mode, act):
     assert_bit_exact(Around(fn), torch.randn(shape), target, mode, act)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_copy_over_more_dims_than_the_runtime_loop(target):
+    """repeat() in every dim of a 4-d tensor, transposed: an 8-d strided copy, past the
+    runtime's 6 (found by hypothesis: it was refused, so the graph did not compile whole)."""
+    def fn(x):
+        return x.repeat(2, 2, 2, 2).transpose(0, -1).reshape(2, 64)
+    assert_bit_exact(Around(fn), torch.randn(1, 2, 2, 2), target, "fp32", "uint8")
+
+
 # ---------------------------------------------------------------------------------------
 # broadcasting add / mul
 # ---------------------------------------------------------------------------------------

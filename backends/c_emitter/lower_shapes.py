@@ -213,12 +213,21 @@ def materialize(em, node: fx.Node, view: _View, layout: Optional[str] = None) ->
     if view.offset == 0 and len(dims) == 1 and dims[0][1][0] == 1 and dims[0][0] == numel:
         return QTensor(shape, layout, base.zp, base.signed, base.qparams, base.buffer)   # same bytes
     out = QTensor(shape, layout, base.zp, base.signed, base.qparams, em.plan.new_buffer(numel))
-    ndim, sizes, (strides,) = _c_dims(node, dims)
     src_ptr = em.ptr(base) + (f" + {view.offset}" if view.offset else "")
+    outer, dims = dims[:max(0, len(dims) - MAX_DIMS)], dims[max(0, len(dims) - MAX_DIMS):]
+    ndim, sizes, (strides,) = _c_dims(node, dims)
+    call = f"qc_rt_strided_copy({src_ptr}, {em.ptr(out)}, {ndim}, {sizes}, {strides}, threads);"
+    if outer:
+        # more dims than the runtime's loop takes (repeat() of a 4-d tensor: 8): one call per
+        # index of the outer dims, at source offsets listed in the weights blob
+        index = torch.cartesian_prod(*[torch.arange(size) for size, _ in outer]).reshape(-1, len(outer))
+        offsets = (index * torch.tensor([st[0] for _, st in outer])).sum(1).to(torch.int64)
+        inner = math.prod(size for size, _ in dims)
+        call = (f"for (int64_t o = 0; o < {offsets.numel()}; o++) "
+                f"qc_rt_strided_copy({src_ptr} + {em.weight(offsets, 'int64_t')}[o], {em.ptr(out)} + o * {inner}, "
+                f"{ndim}, {sizes}, {strides}, threads);")
     em.add_step(f"{_label(node)}: copy of a view {list(shape)}" + (" NHWC" if layout == "nhwc" else "")
-                + f", {ndim}-d strided",
-                [f"qc_rt_strided_copy({src_ptr}, {em.ptr(out)}, {ndim}, {sizes}, {strides}, threads);"],
-                reads=[base], writes=[out])
+                + f", {ndim + len(outer)}-d strided", [call], reads=[base], writes=[out])
     return out
 
 
