@@ -260,3 +260,29 @@ def test_native_init_refuses_other_weights_for_a_loaded_model(compiled_models, t
     other[-1] ^= 0x01
     assert native.cdll.qc_model_init(bytes(other), len(other)) == -2
     assert native.cdll.qc_model_init(native.weights, len(native.weights)) == 0
+
+
+@pytest.mark.parametrize("target", COMPILED)
+def test_wrong_dtype_at_another_batch_size_builds_nothing(compiled_models, target):
+    model = compiled_models[2][target]
+    built, recompile = [], model._recompile
+    model._recompile = lambda n: built.append(n) or recompile(n)
+    try:
+        with pytest.raises(TypeError, match="float"):
+            model(torch.ones(3, 16, dtype=torch.int64))
+        with pytest.raises(ValueError, match="CPU"):
+            model(torch.ones(7, 16, device="meta"))
+    finally:
+        model._recompile = recompile
+    assert built == []
+
+
+@pytest.mark.parametrize("target", COMPILED)
+def test_emptied_bundle_source_names_the_bundle(compiled_models, target, tmp_path):
+    from qcompiler.backends.x86.compiled_model import load_bundle
+
+    root = compiled_models[2][target].save(tmp_path / "bundle")
+    (root / "model.c").write_text("")
+    with pytest.raises(Exception, match=rf"bundle {root}.*model.c") as exc:
+        load_bundle(root)
+    assert "undefined symbol" not in str(exc.value)

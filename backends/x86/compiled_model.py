@@ -129,7 +129,9 @@ class X86CompiledModel(torch.nn.Module):
     def _threads(self) -> int:
         return int(self.threads) if self.threads else torch.get_num_threads()
 
-    def check_inputs(self, inputs: tuple) -> list[torch.Tensor]:
+    def check_inputs(self, inputs: tuple, any_batch: bool = False) -> list[torch.Tensor]:
+        """The inputs as the native code takes them, or the error naming what is wrong; with
+        ``any_batch`` the leading dim is not compared (before building another batch size)."""
         if len(inputs) != len(self.input_shapes):
             raise ValueError(f"expected {len(self.input_shapes)} input tensors, got {len(inputs)}")
         checked, names = [], [s["name"] for s in self.manifest["inputs"]]
@@ -152,7 +154,7 @@ class X86CompiledModel(torch.nn.Module):
                 raise TypeError(f"input {i} must be a float tensor, got {x.dtype}")
             if x.device.type != "cpu":
                 raise ValueError(f"input {i} must be on the CPU, got {x.device}")
-            if tuple(x.shape) != shape:
+            if (tuple(x.shape[1:]) != shape[1:] or x.dim() != len(shape)) if any_batch else tuple(x.shape) != shape:
                 raise ValueError(f"input {i} has shape {tuple(x.shape)}, but this model was compiled for {shape}")
             checked.append(x.detach().to(dtype).contiguous())
         return checked
@@ -179,6 +181,7 @@ class X86CompiledModel(torch.nn.Module):
             return None
         if tuple(inputs[0].shape[1:]) != self.input_shapes[0][1:]:
             return None             # a shape error, reported by check_inputs
+        self.check_inputs(inputs, any_batch=True)       # a wrong dtype or device builds nothing
         module = self._for_batch(n)
         module.threads = self.threads
         return module
@@ -388,10 +391,13 @@ def load_bundle(path, *, threads: Optional[int] = None) -> X86CompiledModel:
                                              name=runtime_name(manifest["isa"]))
     source = (root / "model.c").read_text()
     flags = [f for f in model_flags(runtime) if not f.startswith("-I")] + [f"-I{(root / 'runtime').resolve()}"]
-    lib = toolchain.build_shared_library(source, flags=flags, name="qc_model")
-    weights = (root / "weights.bin").read_bytes()
-    model = X86CompiledModel(lib, weights, source, manifest["isa"], threads=threads,
-                             runtime_flags=manifest["runtime_flags"], model_flags=flags)
+    try:
+        lib = toolchain.build_shared_library(source, flags=flags, name="qc_model")
+        weights = (root / "weights.bin").read_bytes()
+        model = X86CompiledModel(lib, weights, source, manifest["isa"], threads=threads,
+                                 runtime_flags=manifest["runtime_flags"], model_flags=flags)
+    except (toolchain.ToolchainError, NativeModelError, OSError) as exc:
+        raise type(exc)(f"bundle {root} (model.c, weights.bin): {exc}") from exc
     if model.manifest.get("weights_sha256") != manifest.get("weights_sha256"):
         raise ValueError(f"{root}: model.c and manifest.json disagree on the weights")
     return model
