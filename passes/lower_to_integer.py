@@ -111,6 +111,7 @@ class LowerToInteger(Pass):
         with gm.graph.inserting_before(q_node):
             new = gm.graph.call_module(name, int_inputs)
         node_info(new).source_layer = layer
+        node_info(new).shape = node_info(producer).shape    # later builders read it (a matmul's K)
         q_node.replace_all_uses_with(new)
         gm.graph.erase_node(q_node)
         return op
