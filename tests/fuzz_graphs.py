@@ -56,6 +56,14 @@ class Inp:
     offset: float = 0.0
     vocab: int = 0
 
+    def __repr__(self):
+        changed = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)[1:]
+                   if getattr(self, f.name) != f.default]
+        return f"Inp({', '.join([repr(tuple(self.shape)), *changed])})"
+
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(repr(self))
+
 
 @dataclass(frozen=True)
 class Q:
@@ -81,6 +89,9 @@ class Q:
         changed = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
                    if getattr(self, f.name) != f.default]
         return f"Q({', '.join(changed)})"
+
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(repr(self))
 
 
 #: ops that have no integer kernel anywhere: they stay in float and make the graph partition
@@ -117,6 +128,9 @@ class GraphSpec:
             if n.op in SHARED_OPS and set(n.inputs) <= plain:
                 plain.add(k + j)
         return sorted(plain - set(range(k)))
+
+    def _repr_pretty_(self, printer, cycle):    # hypothesis prints a falsifying spec with this
+        printer.text(repr(self))
 
     def __repr__(self):
         try:
@@ -582,8 +596,9 @@ def _draw_node(draw, ops, src, inputs, nodes, shapes, kinds, seed):
         with torch.device("meta"), torch.no_grad():
             ins = [torch.empty(shapes[i], dtype=torch.int64 if kinds[i] == "ids" else torch.float32)
                    for i in node.inputs]
-            shape = tuple(apply(node, ins, make_layer(node, shapes)).shape)
-    except RuntimeError:
+            layer = make_layer(node, shapes)
+            shape = tuple(apply(node, ins, layer.eval() if layer is not None else None).shape)
+    except (RuntimeError, ValueError):
         return None, None
     if len(shape) == 0 or not 0 < _numel(shape) <= MAX_NUMEL:
         return None, None
