@@ -1,13 +1,42 @@
-"""Shared test utilities: build the QDQ and INTEGER graphs of one model side by side."""
+"""Shared test utilities: the QDQ and INTEGER graphs of one model side by side; the op suites'
+targets, strategies, min/max quantization and their bit-exactness check."""
 from __future__ import annotations
 
 import copy
 
 import torch
 
+from hypothesis import strategies as st
+
 import qcompiler
+from qcompiler import QConfig, TensorSpec
+from qcompiler.core.meta import graph_info
 from qcompiler.core.pass_manager import PassContext, PassManager
 from qcompiler.passes import LowerToInteger
+
+#: every available target, and those that generate code
+TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
+COMPILED_TARGETS = [name for name in TARGETS if name != "reference"]
+modes = st.sampled_from(["fp32", "fixed_point"])
+act_dtypes = st.sampled_from(["uint8", "int8"])
+
+
+def quantize_minmax(model, args: tuple, mode: str = "fp32", act: str = "uint8"):
+    """Quantized on the one batch ``args`` with min/max ranges (every value exactly in range)."""
+    cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))
+    return qcompiler.quantize(model.eval(), [args], config=cfg, progress=False, warn_float=False)
+
+
+def assert_bit_exact(model, inputs, target, mode="fp32", act="uint8"):
+    """Quantized with nothing left in float, compiled with nothing in PyTorch, equal to the reference."""
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    qm = quantize_minmax(model, args, mode, act)
+    assert graph_info(qm.graph_module).float_ops == [], graph_info(qm.graph_module).float_ops
+    compiled = qcompiler.compile(qm, target=target, pytorch_fallback=False)
+    got, want = compiled(*args), qm(*args)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        assert g.shape == w.shape and torch.equal(g, w), f"{target} differs from the reference"
+    return qm
 
 
 def qdq_and_integer(model, batches, config=None, example=None):

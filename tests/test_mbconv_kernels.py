@@ -15,17 +15,7 @@ from hypothesis import strategies as st
 import qcompiler
 from qcompiler import QConfig, TensorSpec
 
-TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
-modes = st.sampled_from(["fp32", "fixed_point"])
-act_dtypes = st.sampled_from(["uint8", "int8"])
-
-
-def assert_bit_exact(model, inputs, target, mode="fp32", act="uint8"):
-    cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
-    qm = qcompiler.quantize(model.eval(), [args], config=cfg, progress=False, warn_float=False)
-    compiled = qcompiler.compile(qm, target=target, pytorch_fallback=False)
-    assert torch.equal(compiled(*args), qm(*args)), f"{target} differs from the reference"
+from helpers import TARGETS, act_dtypes, assert_bit_exact, modes
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -11,21 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qcompiler
-from qcompiler import QConfig, TensorSpec
 from qcompiler.core.integer_ops import QAdaptiveAvgPool2d
 from qcompiler.core.meta import graph_info
 from qcompiler.core.quantize import dequantize, qparams_from_range, quantize
 from qcompiler.core.qtypes import qtype
 from qcompiler.core.reduce_ops import QMean
 
-TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok and name != "reference"]
-modes = st.sampled_from(["fp32", "fixed_point"])
-acts = st.sampled_from(["uint8", "int8"])
-
-
-def quantize_model(model, args, mode="fp32", act="uint8"):
-    cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))
-    return qcompiler.quantize(model.eval(), [args], config=cfg, progress=False)
+from helpers import COMPILED_TARGETS as TARGETS, modes
+from helpers import act_dtypes as acts, quantize_minmax as quantize_model
 
 
 def means_of(qm) -> list:

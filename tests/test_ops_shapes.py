@@ -20,22 +20,7 @@ from qcompiler.core.meta import graph_info
 
 from backends.c_emitter.lower_shapes import compose, copy_dims, refine, _View
 
-TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
-modes = st.sampled_from(["fp32", "fixed_point"])
-act_dtypes = st.sampled_from(["uint8", "int8"])
-
-
-def assert_bit_exact(model, inputs, target, mode="fp32", act="uint8"):
-    """Quantized with nothing left in float, compiled with nothing in PyTorch, equal to the reference."""
-    cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
-    qm = qcompiler.quantize(model.eval(), [args], config=cfg, progress=False, warn_float=False)
-    assert graph_info(qm.graph_module).float_ops == [], graph_info(qm.graph_module).float_ops
-    compiled = qcompiler.compile(qm, target=target, pytorch_fallback=False)
-    got, want = compiled(*args), qm(*args)
-    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
-        assert g.shape == w.shape and torch.equal(g, w), f"{target} differs from the reference"
-    return qm
+from helpers import TARGETS, act_dtypes, assert_bit_exact, modes
 
 
 class Around(nn.Module):

@@ -19,14 +19,8 @@ from qcompiler.core.quantize import dequantize, quantize, qparams_from_range
 from qcompiler.core.qtypes import QParams, qtype
 from qcompiler.core.transformer_ops import SOFTMAX_LUT_BITS, QLayerNorm, QMatMul, QSoftmax
 
-TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok and name != "reference"]
-modes = st.sampled_from(["fp32", "fixed_point"])
-acts = st.sampled_from(["uint8", "int8"])
-
-
-def quantize_model(model, args, mode="fp32", act="uint8"):
-    cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))
-    return qcompiler.quantize(model.eval(), [args], config=cfg, progress=False)
+from helpers import COMPILED_TARGETS as TARGETS, modes
+from helpers import act_dtypes as acts, quantize_minmax as quantize_model
 
 
 def assert_native_bit_exact(model, args, target, mode="fp32", act="uint8", op_names=()):
