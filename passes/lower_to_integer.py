@@ -173,7 +173,8 @@ class LowerToInteger(Pass):
         dq = _module(gm, node.args[0], Dequantize) if q is not None else None
         if dq is None:
             return False
-        module = QRequantize(dq.qparams, q.qparams, ctx.config.requant_mode, node.name)
+        mode = ctx.config.restricted_to(ctx.capabilities)[0].requant_mode     # what the target runs
+        module = QRequantize(dq.qparams, q.qparams, mode, node.name)
         name = add_module(gm, f"requant_{node.name}", module)
         with gm.graph.inserting_before(node):
             new = gm.graph.call_module(name, (node.args[0].args[0],))

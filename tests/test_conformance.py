@@ -21,8 +21,9 @@ modes = st.sampled_from(["fp32", "fixed_point"])
 def assert_bit_exact(model, inputs, target, mode="fp32", act="uint8"):
     cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))
     args = inputs if isinstance(inputs, tuple) else (inputs,)
-    qm = qcompiler.quantize(model.eval(), [args], config=cfg, progress=False)
-    compiled = qcompiler.compile(qm, target=target)
+    # quantized for the target under test (its capabilities narrow the recipe), all of it native
+    qm = qcompiler.quantize(model.eval(), [args], config=cfg, target=target, progress=False)
+    compiled = qcompiler.compile(qm, target=target, pytorch_fallback=False)
     assert torch.equal(compiled(*args), qm(*args)), f"{target} differs from the reference"
 
 
@@ -144,8 +145,8 @@ def test_pools(target, mode):
     model = Pools().eval()
     x = torch.randn(2, 6, 9, 9)
     cfg = QConfig(requant_mode=mode)
-    qm = qcompiler.quantize(model, [x], config=cfg, progress=False)
-    compiled = qcompiler.compile(qm, target=target)
+    qm = qcompiler.quantize(model, [x], config=cfg, target=target, progress=False)
+    compiled = qcompiler.compile(qm, target=target, pytorch_fallback=False)
     for got, ref in zip(compiled(x), qm(x)):
         assert torch.equal(got, ref)
 
@@ -155,5 +156,5 @@ def test_pools(target, mode):
 def test_whole_models(target, name):
     model = prepare_random_model(name, calib_images=8, size=64, num_classes=10)
     x = smooth_random_images(2, size=64, seed=7)
-    qm = qcompiler.quantize(model, [smooth_random_images(4, size=64)], progress=False)
-    assert torch.equal(qcompiler.compile(qm, target=target)(x), qm(x))
+    qm = qcompiler.quantize(model, [smooth_random_images(4, size=64)], target=target, progress=False)
+    assert torch.equal(qcompiler.compile(qm, target=target, pytorch_fallback=False)(x), qm(x))

@@ -10,7 +10,7 @@ import torch.fx as fx
 from qcompiler.core.integer_ops import QAdd, QConv, QLinear
 
 from .literals import c_float
-from .program import QTensor, RequantArrays, stored, unsupported
+from .program import QTensor, RequantArrays, c_requant_mode, stored, unsupported
 
 #: channels the runtime's depthwise kernel accumulates on its stack (QC_DW_MAX_CHANNELS)
 DEPTHWISE_MAX_CHANNELS = 4096
@@ -180,7 +180,7 @@ def _add_literal(em, node: fx.Node, mod: QConv, add_node: fx.Node, add: QAdd, ot
     signed = add.output_qparams.qtype.signed
     za = stored(mod.output_qparams.zero_point_int(), mod.output_qparams.qtype.signed)
     mult, m0 = add.multipliers.tolist(), [int(v) for v in add.m0.tolist()]
-    mode = "QC_RQ_FP32" if add.mode == "fp32" else "QC_RQ_FIXED_POINT"
+    mode = c_requant_mode(add.mode)
     zo = stored(add.output_qparams.zero_point_int(), signed)
     return (f"&(qc_rt_add_params){{{em.ptr(other)}, {ldr}, {mode}, {za}, {other.zp}, {zo}, "
             f"{stored(add.qmin, signed)}, {stored(add.qmax, signed)}, {add.shift}, {c_float(mult[own])}, "

@@ -27,7 +27,7 @@ from qcompiler.core.op_table import TUPLE_OPS, canonical_op
 
 from ..memory_plan import Buffer
 from .literals import c_float
-from .program import QTensor, RequantArrays, stored, unsupported
+from .program import QTensor, RequantArrays, c_requant_mode, stored, unsupported
 
 #: what the runtime's strided loops take (QC_RT_MAX_DIMS in qc_rt_shapes.h)
 MAX_DIMS = 6
@@ -393,7 +393,7 @@ def lower_broadcast_add(em, node: fx.Node, mod) -> None:
     out = em.new_tensor(shape, layout, mod.output_qparams)
     ndim, sizes, (sa, sb) = _c_dims(node, dims)
     zo = stored(mod.output_qparams.zero_point_int(), out.signed)
-    mode = "QC_RQ_FP32" if mod.mode == "fp32" else "QC_RQ_FIXED_POINT"
+    mode = c_requant_mode(mod.mode)
     ma, mb = (c_float(v) for v in mod.multipliers.tolist())
     m0a, m0b = (int(v) for v in mod.m0.tolist())
     line = (f"qc_rt_add_strided({em.ptr(a)}, {em.ptr(b)}, {em.ptr(out)}, {ndim}, {sizes}, {sa}, {sb}, {a.zp}, "

@@ -27,7 +27,7 @@ from .extensions import INTEGER_LOWERINGS, OP_LOWERINGS
 from .lower_gemm_ops import pair, space_to_depth_plan
 from .literals import c_float
 from .program import (INPUT_QPARAMS, BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step,
-                      stored, unsupported)
+                      c_requant_mode, stored, unsupported)
 from .weights import WeightsBlob
 
 SERIAL_BELOW_MACS = 1 << 19
@@ -69,9 +69,9 @@ class Lowering:
 
     def rq_literal(self, r: RequantArrays) -> str:
         if r.mode == "fp32":
-            return (f"&(qc_rq){{QC_RQ_FP32, {self.weight(r.mult, 'float')}, NULL, NULL, "
+            return (f"&(qc_rq){{{c_requant_mode(r.mode)}, {self.weight(r.mult, 'float')}, NULL, NULL, "
                     f"{r.zp}, {r.qmin}, {r.qmax}}}")
-        return (f"&(qc_rq){{QC_RQ_FIXED_POINT, NULL, {self.weight(r.m0.to(torch.int32), 'int32_t')}, "
+        return (f"&(qc_rq){{{c_requant_mode(r.mode)}, NULL, {self.weight(r.m0.to(torch.int32), 'int32_t')}, "
                 f"{self.weight(r.shift.to(torch.int32), 'int32_t')}, {r.zp}, {r.qmin}, {r.qmax}}}")
 
     def new_tensor(self, shape, layout: str, qp: QParams, extra_bytes: int = 0) -> QTensor:
@@ -315,7 +315,7 @@ class Lowering:
         a, b = self.__pair_inputs(node)
         out = self.new_tensor(a.shape, a.layout, mod.output_qparams)
         zo = stored(mod.output_qparams.zero_point_int(), out.signed)
-        mode = "QC_RQ_FP32" if mod.mode == "fp32" else "QC_RQ_FIXED_POINT"
+        mode = c_requant_mode(mod.mode)
         ma, mb = (c_float(v) for v in mod.multipliers.tolist())
         m0a, m0b = (int(v) for v in mod.m0.tolist())
         line = (f"qc_rt_add({self.ptr(a)}, {self.ptr(b)}, {self.ptr(out)}, {a.numel}, {a.zp}, {b.zp}, {mode}, "

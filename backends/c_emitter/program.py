@@ -66,6 +66,14 @@ class QTensor:
         return c == 1 or h * w == 1
 
 
+#: the runtime's enum (qc_runtime.h, qc_rq.mode) for each requantization mode of core.Requant
+C_REQUANT_MODES = {"fp32": "QC_RQ_FP32", "fixed_point": "QC_RQ_FIXED_POINT"}
+
+
+def c_requant_mode(mode: str) -> str:
+    return C_REQUANT_MODES[mode]
+
+
 def stored(v: int, signed: bool) -> int:
     return int(v) + (128 if signed else 0)
 
