@@ -1,11 +1,13 @@
 """C toolchain for code-generating backends (DESIGN.md §4 "build"): find a compiler, build
-shared libraries into a content-addressed cache, load and disassemble them.
+shared libraries and executables into a content-addressed cache, load and disassemble them, and
+say how to run an executable built for another architecture (``runner``: qemu-user).
 
-Cache entry: ``<cache_root>/<key[:2]>/<key>/`` holding ``lib<name>.so``, ``<name>.c`` (what was
-built, for people to read) and ``manifest.json``. The key hashes the format version, source,
-name, flags and compiler identity. An entry is written in a temporary directory and published
-by one ``os.replace``, so nobody sees a half-written one; a per-key ``flock`` makes concurrent
-builders of one key compile once; every hit re-hashes the .so against the manifest, so a
+Cache entry: ``<cache_root>/<key[:2]>/<key>/`` holding the artifact (``lib<name>.so`` or the
+executable ``<name>``), ``<name>.c`` (what was built, for people to read) and ``manifest.json``.
+The key hashes the format version, artifact type, source, name, flags and compiler identity.
+An entry is written in a temporary directory and published by one ``os.replace``, so nobody
+sees a half-written one; a per-key ``flock`` makes concurrent builders of one key compile once;
+every hit re-hashes the artifact against the manifest, so a
 truncated or corrupt entry is reported and rebuilt, and a library that hashes right but does not
 load (``load_library``) is rebuilt once from the source and flags its entry keeps.
 
@@ -27,6 +29,7 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -41,7 +44,9 @@ from . import cpu
 
 FORMAT_VERSION = 1  # bump when the entry layout or the build command changes
 # Always passed. -ffp-contract=off: the numeric contract forbids FMA contraction in requantization.
-REQUIRED_FLAGS = ("-shared", "-fPIC", "-ffp-contract=off")
+CONTRACT_FLAGS = ("-ffp-contract=off",)
+LIBRARY_FLAGS = ("-shared", "-fPIC")
+REQUIRED_FLAGS = (*LIBRARY_FLAGS, *CONTRACT_FLAGS)  # for shared libraries
 DEFAULT_FLAGS = ("-O3", "-fno-strict-aliasing")
 # Flags that would break bit-exactness with the reference (they re-enable contraction or reassociate).
 FORBIDDEN_FLAGS = ("-ffast-math", "-Ofast", "-ffp-contract=fast", "-ffp-contract=on")
@@ -81,14 +86,32 @@ class _Kind(NamedTuple):
     install: str
     objdump: str
     objdump_install: str
+    native_on: tuple[str, ...] = ()   # host machines (platform.machine()) that run its executables; () = any
+    emulator: tuple[str, ...] = ()    # otherwise: user-mode emulator command and its options
 
 
 _KINDS = {
     "cc": _Kind("QCOMPILER_CC", ("cc", "gcc", "clang"), "apt-get install gcc",
                 "objdump", "apt-get install binutils"),
+    # -cpu max: every ARMv8/v9 extension, so each NEON level (dotprod, i8mm) runs on any host.
     "aarch64": _Kind("QCOMPILER_CROSS_CC", ("aarch64-linux-gnu-gcc",), "apt-get install gcc-aarch64-linux-gnu",
-                     "aarch64-linux-gnu-objdump", "apt-get install binutils-aarch64-linux-gnu"),
+                     "aarch64-linux-gnu-objdump", "apt-get install binutils-aarch64-linux-gnu",
+                     ("aarch64", "arm64"), ("qemu-aarch64", "-cpu", "max")),
 }
+EMULATOR_ENV = "QCOMPILER_QEMU"
+
+
+class _Artifact(NamedTuple):
+    type: str                     # "library" or "executable": in the cache key and the manifest
+    link_flags: tuple[str, ...]   # before the caller's flags
+    pattern: str                  # file name, from the build's name
+
+    def file(self, name: str) -> str:
+        return self.pattern.format(name)
+
+
+_LIBRARY = _Artifact("library", LIBRARY_FLAGS, "lib{}.so")
+_EXECUTABLE = _Artifact("executable", (), "{}")
 
 
 class CompilerIdentity(NamedTuple):
@@ -186,9 +209,10 @@ def _identity(cc: str, _mtime_ns: int, _size: int) -> CompilerIdentity:
     return CompilerIdentity(cc, ask("--version"), ask("-dumpmachine"))
 
 
-def cache_key(source: str, flags: Sequence[str], identity: CompilerIdentity, name: str = "qc") -> str:
-    payload = {"format": FORMAT_VERSION, "source": source, "name": name, "flags": list(flags),
-               "compiler": identity._asdict()}
+def cache_key(source: str, flags: Sequence[str], identity: CompilerIdentity, name: str = "qc",
+              artifact: str = "library") -> str:
+    payload = {"format": FORMAT_VERSION, "artifact": artifact, "source": source, "name": name,
+               "flags": list(flags), "compiler": identity._asdict()}
     if any("native" in f for f in flags):  # -march=native output depends on the host CPU too
         payload["host"] = cpu.host_signature()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -201,57 +225,70 @@ def build_shared_library(source: str, *, flags: Sequence[str] = (), name: str = 
     ``REQUIRED_FLAGS`` are always added, and ``sanitizer_flags()`` after ``flags``;
     ``compile_flags()`` gives sensible ``flags``.
     """
+    return _build(_LIBRARY, source, flags, name, kind)
+
+
+def build_executable(source: str, *, flags: Sequence[str] = (), name: str = "qc", kind: str = "cc") -> Path:
+    """Path of the executable ``<name>`` built from ``source`` with ``flags``, compiled only on a
+    cache miss; run it with ``[*runner(kind), path, ...]``. Same cache, checks and fallback as
+    :func:`build_shared_library`; ``CONTRACT_FLAGS`` are always added (not ``-shared``/``-fPIC``),
+    ``-static`` is the caller's choice (a cross-built program under qemu-user needs it, or a sysroot)."""
+    return _build(_EXECUTABLE, source, flags, name, kind)
+
+
+def _build(artifact: _Artifact, source: str, flags: Sequence[str], name: str, kind: str) -> Path:
     flags = (*flags, *sanitizer_flags())
-    _check_request(flags, name)
+    _check_request(flags, name, artifact)
     cc = find_compiler(kind)
-    key = cache_key(source, flags, compiler_identity(cc), name)
+    key = cache_key(source, flags, compiler_identity(cc), name, artifact.type)
     root = cache_root()
     reason = _unwritable_roots.get(root)
     if reason is None:
         try:
-            return _build_in(root, source, flags, name, kind, cc, key)
+            return _build_in(root, artifact, source, flags, name, kind, cc, key)
         except _Unwritable as e:
             reason = str(e)
         if root != fallback_cache_root():
             _unwritable_roots[root] = reason
             warnings.warn(f"qcompiler build cache {root} cannot be written ({reason}); building in "
                           f"{fallback_cache_root()} instead, for the rest of this process (set "
-                          "QCOMPILER_CACHE_DIR to a writable directory to keep builds)", stacklevel=2)
-    elif _entry_problem(root / key[:2] / key, key, name) is None:  # a read-only cache still serves its entries
-        return root / key[:2] / key / f"lib{name}.so"
+                          "QCOMPILER_CACHE_DIR to a writable directory to keep builds)", stacklevel=3)
+    elif _entry_problem(root / key[:2] / key, key, name, artifact) is None:  # a read-only cache still serves its entries
+        return root / key[:2] / key / artifact.file(name)
     fallback = fallback_cache_root()
     if fallback == root:
         raise ToolchainError(f"cannot write the build cache {root}: {reason}")
     try:
-        return _build_in(fallback, source, flags, name, kind, cc, key)
+        return _build_in(fallback, artifact, source, flags, name, kind, cc, key)
     except _Unwritable as e:
         raise ToolchainError(f"cannot write the build cache {root} ({reason}) nor the fallback {fallback} "
                              f"({e}): free some space, or set QCOMPILER_CACHE_DIR to a writable "
                              "directory") from None
 
 
-def _build_in(root: Path, source: str, flags: tuple[str, ...], name: str, kind: str, cc: str, key: str) -> Path:
+def _build_in(root: Path, artifact: _Artifact, source: str, flags: tuple[str, ...], name: str, kind: str,
+              cc: str, key: str) -> Path:
     if root == fallback_cache_root():
         _make_private(root.parent)
     entry = root / key[:2] / key
-    lib = entry / f"lib{name}.so"
-    if _entry_problem(entry, key, name) is None:  # fast path: no lock, entries are immutable once published
-        return lib
+    built = entry / artifact.file(name)
+    if _entry_problem(entry, key, name, artifact) is None:  # fast path: no lock, entries are immutable once published
+        return built
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         with _locked(entry.parent / f"{key}.lock"):
-            problem = _entry_problem(entry, key, name)
+            problem = _entry_problem(entry, key, name, artifact)
             if problem is None:  # another process built it while we waited
-                return lib
+                return built
             _remove_leftovers(entry.parent, key)  # only a lock holder writes them, so these are from crashes
             if entry.exists():
                 warnings.warn(f"qcompiler build cache entry {entry} is invalid ({problem}); rebuilding it",
-                              stacklevel=3)
+                              stacklevel=4)
                 _discard(entry, key)
-            _build_entry(source, flags, name, kind, cc, key, entry)
+            _build_entry(artifact, source, flags, name, kind, cc, key, entry)
     except OSError as e:  # the compiler's own failures are ToolchainErrors: this is the file system
         raise _Unwritable(f"{type(e).__name__}: {e}") from None
-    return lib
+    return built
 
 
 def _make_private(top: Path) -> None:
@@ -266,23 +303,24 @@ def _make_private(top: Path) -> None:
         raise _Unwritable(f"{top} is owned or writable by another user")
 
 
-def _check_request(flags: tuple[str, ...], name: str) -> None:
+def _check_request(flags: tuple[str, ...], name: str, artifact: _Artifact) -> None:
     bad = [f for f in flags if f in FORBIDDEN_FLAGS]
     if bad:
         raise ToolchainError(f"flags {bad} break the numeric contract (no FMA contraction or "
                              f"reassociation; DESIGN.md §3); remove them")
     if not _NAME.fullmatch(name):
-        raise ToolchainError(f"library name {name!r} must match {_NAME.pattern} (it becomes a file name)")
+        raise ToolchainError(f"{artifact.type} name {name!r} must match {_NAME.pattern} (it becomes a file name)")
 
 
-def _entry_problem(entry: Path, key: str, name: str) -> str | None:
+def _entry_problem(entry: Path, key: str, name: str, artifact: _Artifact = _LIBRARY) -> str | None:
     """None if ``entry`` is a complete, intact build of ``key``; else what is wrong with it."""
     if not entry.is_dir():
         return "missing"
     try:
         manifest = json.loads((entry / "manifest.json").read_text())
-        expected = manifest["library"]
-        if manifest["format"] != FORMAT_VERSION or manifest["key"] != key or expected["file"] != f"lib{name}.so":
+        expected = manifest[artifact.type]
+        if (manifest["format"] != FORMAT_VERSION or manifest["key"] != key
+                or expected["file"] != artifact.file(name)):
             return "manifest does not describe this build"
     except FileNotFoundError:
         return "no manifest.json"
@@ -328,27 +366,27 @@ def _discard(entry: Path, key: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _build_entry(source: str, flags: tuple[str, ...], name: str, kind: str, cc: str, key: str,
-                 entry: Path) -> None:
+def _build_entry(artifact: _Artifact, source: str, flags: tuple[str, ...], name: str, kind: str, cc: str,
+                 key: str, entry: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=entry.parent))
     try:
         os.chmod(tmp, 0o755)
-        src, lib = f"{name}.c", f"lib{name}.so"
+        src, out = f"{name}.c", artifact.file(name)
         (tmp / src).write_text(source, encoding="utf-8")
         # Relative paths, run in tmp: diagnostics say "qc.c:3:5", and no temp path lands in the binary.
-        command = [cc, *REQUIRED_FLAGS, *flags, src, "-o", lib]
+        command = [cc, *artifact.link_flags, *CONTRACT_FLAGS, *flags, src, "-o", out]
         _compile(command, tmp, source, key, name, entry.parent.parent)
-        size, digest = _file_digest(tmp / lib)
+        size, digest = _file_digest(tmp / out)
         manifest = {"format": FORMAT_VERSION, "key": key, "compiler": compiler_identity(cc)._asdict(),
                     "kind": kind, "flags": list(flags), "command": command,
-                    "library": {"file": lib, "size": size, "sha256": digest},
+                    artifact.type: {"file": out, "size": size, "sha256": digest},
                     "source": src, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         try:
             os.replace(tmp, entry)  # publish: the whole directory appears at once
         except OSError:
             # Where flock is a no-op (some network filesystems) another builder may have won the race.
-            if _entry_problem(entry, key, name) is not None:
+            if _entry_problem(entry, key, name, artifact) is not None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # no-op once published
@@ -367,10 +405,11 @@ def _compile(command: list[str], cwd: Path, source: str, key: str, name: str, ro
         if full:
             raise _Unwritable(f"the compiler could not write its output: {full[0].strip()}")
     kept = _keep_failed_source(source, key, name, root)
-    rerun = [*command[:-3], str(kept), "-o", f"/tmp/lib{name}.so"]
+    out = command[-1]
+    rerun = [*command[:-3], str(kept), "-o", f"/tmp/{out}"]
     output = _trim(proc.stderr or proc.stdout) if proc else "(none)"
     raise ToolchainError(
-        f"building lib{name}.so failed: {failure}\n"
+        f"building {out} failed: {failure}\n"
         f"  source kept at: {kept}\n"
         f"  command (to reproduce): {shlex.join(rerun)}\n"
         f"  compiler output:\n{output}\n"
@@ -480,9 +519,29 @@ def _rebuild(lib: Path, manifest: dict) -> None:
                 pass
             _remove_leftovers(entry.parent, key)
             _discard(entry, key)
-            _build_entry(source, flags, name, kind, cc, key, entry)
+            _build_entry(_LIBRARY, source, flags, name, kind, cc, key, entry)
     except OSError as e:
         raise ToolchainError(f"cannot load {lib}, nor rebuild it in place: {type(e).__name__}: {e}") from None
+
+
+def runner(kind: str = "cc") -> list[str]:
+    """Command prefix that runs an executable built for ``kind`` on this host: ``[]`` natively,
+    ``[qemu-aarch64, -cpu, max]`` for "aarch64" elsewhere (``$QCOMPILER_QEMU`` names the emulator)."""
+    spec = _kind(kind)
+    if not spec.native_on or platform.machine().lower() in spec.native_on:
+        return []
+    emulator, *options = spec.emulator
+    override = os.environ.get(EMULATOR_ENV)
+    if override:
+        found = shutil.which(override)
+        if not found:
+            raise ToolchainError(f"{EMULATOR_ENV}={override!r} is not an executable: point it at {emulator}, "
+                                 f"or unset it to search PATH")
+    elif not (found := shutil.which(emulator)):
+        raise ToolchainError(f"{kind} programs need {emulator} on this {platform.machine()} host and it is not "
+                             f"on PATH: install it with `apt-get install qemu-user`, or set "
+                             f"{EMULATOR_ENV}=/path/to/{emulator}")
+    return [os.path.abspath(found), *options]
 
 
 def disassemble(path: Path, *, kind: str = "cc") -> str:

@@ -24,6 +24,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qcompiler.backends import toolchain
 from qcompiler.core.integer_ops import QConv, QLinear, Requant
 from qcompiler.core.qtypes import INT8, INT8_NARROW, UINT8, QParams
 
@@ -48,11 +49,10 @@ def _toolchain():
         except OSError:
             flags = []
         return cc, [], [lv for lv in LEVELS if CPU_FEATURE[lv] in flags or lv == "neon"]
-    cc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
-    if cc is None or qemu is None:
-        missing = " and ".join(n for n, p in (("aarch64-linux-gnu-gcc", cc), ("qemu-aarch64", qemu)) if p is None)
-        return f"{missing} not installed (Debian: gcc-aarch64-linux-gnu qemu-user); ARM kernel tests skip"
-    return cc, [qemu, "-cpu", "max"], list(LEVELS)
+    try:  # the toolchain's cross compiler and emulator ($QCOMPILER_CROSS_CC, $QCOMPILER_QEMU honoured)
+        return toolchain.find_compiler("aarch64"), toolchain.runner("aarch64"), list(LEVELS)
+    except toolchain.ToolchainError as e:
+        return f"ARM kernel tests skip: {e}"
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import ctypes
 import json
 import multiprocessing
 import os
+import platform
 import shutil
 import stat
 import subprocess
@@ -390,3 +391,98 @@ def test_fallback_shared_with_other_users_is_refused(tmp_path, monkeypatch, fall
     fallback.parent.chmod(0o777)              # e.g. made by someone else in a shared /tmp
     with pytest.warns(UserWarning), pytest.raises(ToolchainError, match="writable by another user"):
         toolchain.build_shared_library(ADD)
+
+
+# -- executables (build_executable) and how to run them (runner) -------------------------------
+
+HELLO = '#include <stdio.h>\nint main(int argc, char **argv) { printf("hello %s\\n", argv[1]); return 0; }\n'
+
+
+def counting_linker(tmp_path, cc):
+    """``cc``, recording each invocation that writes an output (``-o``; not the identity queries)."""
+    count = tmp_path / "count"
+    script = tmp_path / f"counting-{os.path.basename(cc)}"
+    script.write_text("#!/bin/sh\n"
+                      f'case " $* " in *" -o "*) echo x >> "{count}";; esac\n'
+                      f'exec {cc} "$@"\n')
+    script.chmod(0o755)
+    return script, count
+
+
+def test_executable_builds_once_and_runs(tmp_path, monkeypatch, cache):
+    cc, count = counting_linker(tmp_path, shutil.which("gcc"))
+    monkeypatch.setenv("QCOMPILER_CC", str(cc))
+    exe = toolchain.build_executable(HELLO, flags=toolchain.compile_flags(), name="hello")
+    assert exe.name == "hello" and exe.is_relative_to(cache) and os.access(exe, os.X_OK)
+    manifest = json.loads((exe.parent / "manifest.json").read_text())
+    assert manifest["executable"]["size"] == exe.stat().st_size
+    assert "-shared" not in manifest["command"] and "-ffp-contract=off" in manifest["command"]
+    assert toolchain.build_executable(HELLO, flags=toolchain.compile_flags(), name="hello") == exe
+    assert compilations(count) == 1
+    proc = subprocess.run([*toolchain.runner("cc"), str(exe), "world"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "hello world\n"
+
+
+def test_library_and_executable_of_one_source_are_separate_entries():
+    source = HELLO + ADD
+    lib = toolchain.build_shared_library(source, name="both")
+    exe = toolchain.build_executable(source, name="both")
+    assert lib.parent != exe.parent
+    assert toolchain.build_shared_library(source, name="both") == lib   # both stay valid hits
+    assert toolchain.load_library(lib).add(2, 3) == 5
+    assert subprocess.run([str(exe), "x"], capture_output=True, text=True).stdout == "hello x\n"
+
+
+@pytest.mark.parametrize("corrupt", [_truncate, _flip_byte, lambda exe: exe.unlink()],
+                         ids=["truncated", "flipped byte", "missing"])
+def test_corrupt_executable_is_reported_and_rebuilt(corrupt, tmp_path, monkeypatch):
+    cc, count = counting_linker(tmp_path, shutil.which("gcc"))
+    monkeypatch.setenv("QCOMPILER_CC", str(cc))
+    exe = toolchain.build_executable(HELLO)
+    corrupt(exe)
+    with pytest.warns(UserWarning, match=str(exe.parent)):
+        assert toolchain.build_executable(HELLO) == exe
+    assert compilations(count) == 2
+    assert subprocess.run([str(exe), "again"], capture_output=True, text=True).stdout == "hello again\n"
+
+
+def test_executable_compile_error_names_the_file(cache):
+    with pytest.raises(ToolchainError, match=r"building prog failed(.|\n)*prog\.c:1:"):
+        toolchain.build_executable("int main(void) { return ??? }\n", name="prog")
+
+
+def _aarch64_missing():
+    missing = [t for t in ("aarch64-linux-gnu-gcc", "qemu-aarch64") if shutil.which(t) is None]
+    return f"{' and '.join(missing)} not installed (gcc-aarch64-linux-gnu, qemu-user)" if missing else ""
+
+
+@pytest.mark.skipif(bool(_aarch64_missing()), reason=_aarch64_missing())
+def test_aarch64_executable_runs_through_the_runner(cache):
+    source = ('#include <stdio.h>\n'
+              'int main(void) {\n#ifdef __aarch64__\n puts("aarch64");\n#else\n puts("other");\n#endif\n'
+              ' return 0; }\n')
+    exe = toolchain.build_executable(source, flags=("-O2", "-static"), name="arch", kind="aarch64")
+    prefix = toolchain.runner("aarch64")
+    if platform.machine() not in ("aarch64", "arm64"):
+        assert os.path.basename(prefix[0]) == "qemu-aarch64" and prefix[1:] == ["-cpu", "max"]
+    proc = subprocess.run([*prefix, str(exe)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "aarch64\n", proc.stderr
+
+
+@pytest.mark.skipif(platform.machine() in ("aarch64", "arm64"), reason="aarch64 runs natively here")
+def test_runner_without_qemu_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.delenv(toolchain.EMULATOR_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))               # nothing on PATH
+    with pytest.raises(ToolchainError, match=r"qemu-aarch64(.|\n)*apt-get install qemu-user(.|\n)*QCOMPILER_QEMU"):
+        toolchain.runner("aarch64")
+    assert toolchain.runner("cc") == []                      # host programs need no emulator
+    monkeypatch.setenv(toolchain.EMULATOR_ENV, str(tmp_path / "no-such-qemu"))
+    with pytest.raises(ToolchainError, match="QCOMPILER_QEMU=.*no-such-qemu.* is not an executable"):
+        toolchain.runner("aarch64")
+    fake = tmp_path / "my-qemu"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(toolchain.EMULATOR_ENV, str(fake))
+    assert toolchain.runner("aarch64") == [str(fake), "-cpu", "max"]
+    with pytest.raises(ToolchainError, match="unknown toolchain kind"):
+        toolchain.runner("riscv")
