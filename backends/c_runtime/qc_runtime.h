@@ -20,7 +20,7 @@
 
 /* Parallel loops of the runtime's kernels: fn(ctx, chunk, slot) for chunk in [0, total). A
  * target whose runtime translation unit includes a thread pool before this header (x86: the
- * GEMM's thread_pool.h) shares it; elsewhere (and in a file compiled alone) the loop runs
+ * GEMM, through qc_thread_pool.h) shares it; elsewhere (and in a file compiled alone) the loop runs
  * serially. */
 typedef void (*qc_rt_chunk_fn)(const void *ctx, int64_t chunk, int slot);
 #ifdef QC_THREAD_POOL_H

@@ -19,6 +19,9 @@ from typing import Optional
 from .. import toolchain
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+#: where the kernels' local includes are found: their own folder, then the shared C runtime's
+#: (the target-neutral thread pool, qc_thread_pool.h)
+INCLUDE_DIRS = (KERNEL_DIR, KERNEL_DIR.parent.parent / "c_runtime")
 ENTRY_SOURCE = "gemm_dispatch.c"
 
 
@@ -95,12 +98,15 @@ def library_source() -> str:
     to any kernel file rebuilds). ``#line`` directives keep compiler messages pointing at
     the original files."""
 
+    def find(name: str):
+        return next((d / name for d in INCLUDE_DIRS if (d / name).is_file()), None)
+
     def expand(name: str) -> list[str]:
-        path = KERNEL_DIR / name
+        path = find(name)
         out = [f'#line 1 "{name}"']  # the name, not the path: the cache key must not depend on the install
         for lineno, line in enumerate(path.read_text().splitlines(), start=1):
             m = _INCLUDE.match(line)
-            if m and (KERNEL_DIR / m.group(1)).is_file():
+            if m and find(m.group(1)) is not None:
                 out.extend(expand(m.group(1)))
                 out.append(f'#line {lineno + 1} "{name}"')
             else:

@@ -26,7 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "thread_pool.h"
+/* the pool is target-neutral: backends/c_runtime/qc_thread_pool.h */
+#include "qc_thread_pool.h"
 
 #define QC_GEMM_ABI_VERSION 3
 #define QC_EXPORT __attribute__((visibility("default")))

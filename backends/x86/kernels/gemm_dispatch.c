@@ -12,7 +12,7 @@
  * Helpers shared by several regions (vnni_emulation.h, epilogue_*.h) carry their own
  * minimal target attribute and are included here first, outside every region.
  *
- * Threads: a pthread pool (thread_pool.h) rather than OpenMP, because on a shared machine
+ * Threads: a pthread pool (c_runtime/qc_thread_pool.h) rather than OpenMP, because on a shared machine
  * a fork-join barrier waits for every thread the OS has not scheduled yet, while here the
  * caller claims whatever chunks no helper has taken (and idle helpers spin only ~40 us).
  */

@@ -12,7 +12,7 @@
  *                the epilogue (last) or a store of the partial sums to scratch.
  *
  * Work is cut into chunks, one (M block, run of N panels) pair each, claimed dynamically by
- * the threads of the pool (thread_pool.h). Within a chunk: K blocks > M tiles, so a K block of
+ * the threads of the pool (c_runtime/qc_thread_pool.h). Within a chunk: K blocks > M tiles, so a K block of
  * the panel (KC x NR elements) stays in L1 while every tile of the M block streams past
  * it. Nothing is shared but read-only inputs, each output element is written by exactly
  * one chunk, and partial sums between K blocks live in the claiming thread's scratch.

@@ -1,4 +1,6 @@
-/* A small "help if you can" thread pool (pthreads), shared by every kernel of the library.
+/* A small "help if you can" thread pool (pthreads), shared by every kernel of a runtime
+ * translation unit that includes it first (the x86 GEMM does; qc_runtime.h's parallel loops
+ * then use it too). Target-neutral: the spin-wait hint is the CPU's own (qc_spin_hint).
  *
  * qc_parallel_for(fn, ctx, total, nt) runs fn(ctx, chunk, slot) for chunk = 0 .. total-1
  * on the calling thread (slot 0) and up to nt-1 helper threads (slots 1 .. nt-1). Chunks
@@ -32,6 +34,15 @@
 #include <unistd.h>
 
 typedef void (*qc_chunk_fn)(const void *ctx, int64_t chunk, int slot);
+
+/* the CPU's "spinning" hint inside a wait loop: pause (x86), yield (ARM), nothing elsewhere */
+#if defined(__x86_64__) || defined(__i386__)
+#define qc_spin_hint() __builtin_ia32_pause()
+#elif defined(__aarch64__) || defined(__arm__)
+#define qc_spin_hint() __asm__ __volatile__("yield")
+#else
+#define qc_spin_hint() ((void)0)
+#endif
 
 #define QC_POOL_MAX_THREADS 256
 #ifndef QC_POOL_SPIN_US
@@ -86,7 +97,7 @@ static void qc_pool_spin(uint32_t seen, int64_t spin_ns)
     const int64_t t0 = qc_now_ns();
     for (int i = 1;; i++) {
         if ((uint32_t)(atomic_load_explicit(&qc_pool.word, memory_order_acquire) >> 32) != seen) return;
-        __builtin_ia32_pause();
+        qc_spin_hint();
         if ((i & 255) == 0) {
             if (qc_now_ns() - t0 > spin_ns) return;
             sched_yield();                   /* let anything else runnable here go first */
@@ -176,7 +187,7 @@ static void qc_parallel_for(qc_chunk_fn fn, const void *ctx, int64_t total, int 
 
     qc_pool_work(gen, fn, ctx, total, 0);
     for (int spins = 0; atomic_load_explicit(&qc_pool.done, memory_order_acquire) < total; spins++) {
-        if (spins < 200) __builtin_ia32_pause();
+        if (spins < 200) qc_spin_hint();
         else sched_yield();                  /* a helper on this core may need the CPU */
     }
     pthread_mutex_unlock(&qc_pool.job);
