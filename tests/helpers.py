@@ -21,6 +21,17 @@ modes = st.sampled_from(["fp32", "fixed_point"])
 act_dtypes = st.sampled_from(["uint8", "int8"])
 
 
+class Fn(torch.nn.Module):
+    """A function of one tensor as a module (fx traces no *args)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 def quantize_minmax(model, args: tuple, mode: str = "fp32", act: str = "uint8"):
     """Quantized on the one batch ``args`` with min/max ranges (every value exactly in range)."""
     cfg = QConfig(requant_mode=mode, activation=TensorSpec(act, symmetric=False, observer="minmax"))

@@ -18,7 +18,7 @@ from qcompiler.core.qtypes import qtype
 from qcompiler.core.reduce_ops import QMean
 
 from helpers import COMPILED_TARGETS as TARGETS, modes
-from helpers import act_dtypes as acts, quantize_minmax as quantize_model
+from helpers import Fn, act_dtypes as acts, quantize_minmax as quantize_model
 
 
 def means_of(qm) -> list:
@@ -33,15 +33,6 @@ def assert_native_bit_exact(model, x, target, mode="fp32", act="uint8", means=1)
     compiled = qcompiler.compile(qm, target=target, pytorch_fallback=False)
     got, ref = compiled(x), qm(x)
     assert got.shape == ref.shape and torch.equal(got, ref), f"{target} differs from the reference"
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 SPELLINGS = {

@@ -20,7 +20,7 @@ from qcompiler.core.qtypes import QParams, qtype
 from qcompiler.core.transformer_ops import SOFTMAX_LUT_BITS, QLayerNorm, QMatMul, QSoftmax
 
 from helpers import COMPILED_TARGETS as TARGETS, modes
-from helpers import act_dtypes as acts, quantize_minmax as quantize_model
+from helpers import Fn, act_dtypes as acts, quantize_minmax as quantize_model
 
 
 def assert_native_bit_exact(model, args, target, mode="fp32", act="uint8", op_names=()):
@@ -35,17 +35,6 @@ def assert_native_bit_exact(model, args, target, mode="fp32", act="uint8", op_na
     pairs = zip(got, ref) if isinstance(ref, (tuple, list)) else [(got, ref)]
     for g, r in pairs:
         assert torch.equal(g, r), f"{target} differs from the reference"
-
-
-class Fn(nn.Module):
-    """A function of one tensor as a module (fx traces no *args)."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 class Fn2(Fn):
