@@ -60,16 +60,16 @@ class TargetSupport(OperatorSupportBase):
         """A number or a shape (``x.size()``, ``n // 2``) computed from int8 values for native
         consumers only: static inside a program compiled for fixed shapes, so it joins the segment
         (left in PyTorch it would cut a segment at every ShuffleNet channel shuffle)."""
-        return self._from_int8(node) and self._feeds_native(submodules, node)
+        return self._static_number(node) and self._feeds_native(submodules, node)
 
-    def _from_int8(self, node: fx.Node) -> bool:
+    def _static_number(self, node: fx.Node) -> bool:
         """Non-tensor, computed only from int8 tensors, the shape of any tensor (static in a
         program compiled for fixed shapes: BERT's ``input_ids.shape[1]``, passed in as a number)
         and such numbers (looking upward)."""
         key = ("up", node)
         if key not in self._static:
             self._static[key] = node.op in _CALLS and not _is_tensor_value(self.values.get(node.name)) and (
-                reads_shape(node) or all(_quantized(self.values.get(a.name)) or self._from_int8(a)
+                reads_shape(node) or all(_quantized(self.values.get(a.name)) or self._static_number(a)
                                          for a in node.all_input_nodes))
         return self._static[key]
 

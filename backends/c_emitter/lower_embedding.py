@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from qcompiler.core.embedding_ops import QEmbedding
+from qcompiler.core.graph_utils import reads_shape
 
 from .program import unsupported
 
@@ -19,7 +20,6 @@ ERR_INDEX = "QC_MODEL_ERR_INDEX"
 
 def is_index_input(node) -> bool:
     """A model input read by embedding lookups (and perhaps for its shape) only."""
-    from qcompiler.core.graph_utils import reads_shape
     users = list(node.users)
     return any(_is_embedding(u) for u in users) and all(_is_embedding(u) or reads_shape(u) for u in users)
 

@@ -32,6 +32,8 @@ from typing import Callable, Optional
 
 import torch
 
+from qcompiler.core.embedding_ops import check_indices
+
 from .. import toolchain
 from ..c_emitter import HEADER_BYTES, MODEL_HEADER
 
@@ -105,6 +107,7 @@ class X86CompiledModel(torch.nn.Module):
         self.input_shapes = [tuple(s["shape"]) for s in man["inputs"]]
         self.input_dtypes = [_DTYPES[s["dtype"]] for s in man["inputs"]]
         self.input_index_rows = [int(s.get("index_rows", 0)) for s in man["inputs"]]
+        self.input_names = [s["name"] for s in man["inputs"]]
         self.output_specs = man["outputs"]
         self.tuple_output = bool(man.get("tuple_output"))
         self.batch = self.input_shapes[0][0] if self.input_shapes and self.input_shapes[0] else 1
@@ -134,19 +137,13 @@ class X86CompiledModel(torch.nn.Module):
         ``any_batch`` the leading dim is not compared (before building another batch size)."""
         if len(inputs) != len(self.input_shapes):
             raise ValueError(f"expected {len(self.input_shapes)} input tensors, got {len(inputs)}")
-        checked, names = [], [s["name"] for s in self.manifest["inputs"]]
+        checked = []
         for i, (x, shape, dtype) in enumerate(zip(inputs, self.input_shapes, self.input_dtypes)):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
             rows = self.input_index_rows[i]
             if rows:                            # token ids: any integer type, checked against the table
-                if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-                    raise TypeError(f"input {i} holds indices (token ids) and must be an integer tensor, "
-                                    f"got {x.dtype}")
-                if x.numel() and (int(x.min()) < 0 or int(x.max()) >= rows):
-                    bad = int(x.min()) if int(x.min()) < 0 else int(x.max())
-                    raise IndexError(f"input {i} ({names[i]}) holds index {bad}, outside the embedding table's {rows} rows "
-                                     f"(valid indices are 0..{rows - 1})")
+                check_indices(x, rows, f"input {i} ({self.input_names[i]})")
             elif dtype != torch.float32:        # integers crossing a segment boundary, as they are
                 if x.dtype != dtype:
                     raise TypeError(f"input {i} must be a {dtype} tensor, got {x.dtype}")

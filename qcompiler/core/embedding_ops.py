@@ -31,7 +31,7 @@ class QEmbedding(IntegerOp):
         return int(self.table.shape[0])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        check_indices(ids, self.num_embeddings, self.source_layer)
+        check_indices(ids, self.num_embeddings, f"{self.source_layer} (Embedding)")
         return self.table[ids]
 
     def _float_op(self, ids):
@@ -42,13 +42,15 @@ class QEmbedding(IntegerOp):
 
 
 def check_indices(ids: torch.Tensor, rows: int, where: str) -> None:
-    """Indices must be integers in [0, rows): the error names the layer, as PyTorch's does not."""
-    if ids.is_floating_point() or ids.is_complex():
-        raise TypeError(f"{where} (Embedding): indices must be an integer tensor, got {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-        raise IndexError(f"{where} (Embedding): index {bad} is outside the table's {rows} rows "
-                         f"(valid indices are 0..{rows - 1})")
+    """Indices must be integers in [0, rows); the error names ``where`` (the layer, or the
+    compiled model's input), as PyTorch's does not."""
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{where}: indices (token ids) must be an integer tensor, got {ids.dtype}")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= rows:
+            raise IndexError(f"{where}: index {lo if lo < 0 else hi} is outside the embedding table's {rows} rows "
+                             f"(valid indices are 0..{rows - 1})")
 
 
 def float_reason(module: nn.Module) -> str:
