@@ -1,0 +1,294 @@
+"""Executed-instruction counts of aarch64 programs under qemu-user (issue 11's ARM proxy).
+
+No ARM hardware here, so the dynamic figure is "guest instructions executed per MAC": a
+static aarch64 executable runs under `qemu-aarch64 -cpu max` with a small TCG plugin of our own
+(benchmarks/arm_insn_count_plugin.c, built here with the host compiler, no qemu headers
+needed) that counts every executed guest instruction, in total and per address group
+(functions picked by symbol name, so GEMM code can be told from the rest). Why a plugin and
+not `-d in_asm,exec,nochain`: the log prints one line per executed block, gigabytes for a
+ResNet-18, and needs a per-block instruction count joined back in; the plugin adds its counts
+at run time (about 2x qemu's speed without it). The count is exact for code that does not
+fault (see the plugin's header) — checked on a loop of known length by
+tests/test_arm_qemu_count.py.
+
+    # any static aarch64 program, instructions in functions matching each regex:
+    python benchmarks/arm_qemu_count.py run [--group gemm='^qc_arm_gemm'] -- ./prog args...
+    # ResNet-18's convolutions (224x224, batch 1) as im2col GEMMs through each level's kernel:
+    python benchmarks/arm_qemu_count.py resnet18 [--levels neon,dotprod,i8mm] [--markdown]
+
+Library: count_instructions(exe, args, groups), function_ranges(exe, regex) and, for a
+compiled whole model, count_model(...) (instructions per MAC of a qc_model_main run).
+"""
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+from qcompiler.backends import toolchain
+
+PLUGIN_SOURCE = Path(__file__).with_name("arm_insn_count_plugin.c")
+KERNELS, RUNTIME = ROOT / "backends" / "arm" / "kernels", ROOT / "backends" / "c_runtime"
+RESNET_DRIVER = Path(__file__).with_name("arm_resnet18_gemms.c")
+MARCH = {"neon": "armv8-a", "dotprod": "armv8.2-a+dotprod", "i8mm": "armv8.6-a+i8mm"}
+
+
+class CountError(RuntimeError):
+    """The count could not be made: no emulator or compiler, or the program failed."""
+
+
+@dataclass
+class InsnCount:
+    total: int                                   # every guest instruction executed
+    groups: dict[str, int] = field(default_factory=dict)   # per requested group
+
+    @property
+    def rest(self) -> int:
+        return self.total - sum(self.groups.values())
+
+
+def emulator() -> list[str]:
+    """qemu-aarch64 command prefix (the toolchain's: $QCOMPILER_QEMU honoured); the count needs the
+    emulator even on an aarch64 host, where the toolchain would run programs natively."""
+    try:
+        prefix = toolchain.runner("aarch64")
+    except toolchain.ToolchainError as e:
+        raise CountError(str(e)) from None
+    if prefix:
+        return prefix
+    found = shutil.which(os.environ.get(toolchain.EMULATOR_ENV) or "qemu-aarch64")
+    if not found:
+        raise CountError(f"counting instructions needs qemu-aarch64, also on aarch64: apt-get install qemu-user, "
+                         f"or set {toolchain.EMULATOR_ENV}=/path/to/qemu-aarch64")
+    return [found, "-cpu", "max"]
+
+
+def build_plugin() -> Path:
+    """The counting plugin, built with the host compiler once per source version (cached)."""
+    source = PLUGIN_SOURCE.read_bytes()
+    try:
+        cc = toolchain.find_compiler("cc")
+    except toolchain.ToolchainError as e:
+        raise CountError(str(e)) from None
+    out = toolchain.cache_root() / "arm_qemu_count" / f"insn_count_{hashlib.sha256(source).hexdigest()[:16]}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror",
+                               str(PLUGIN_SOURCE), "-o", str(tmp)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CountError(f"building the qemu plugin failed:\n{proc.stderr.strip()}")
+        os.replace(tmp, out)   # atomic: a concurrent build writes the same bytes
+    return out
+
+
+def _nm() -> str:
+    for name in ("aarch64-linux-gnu-nm", "nm"):
+        if found := shutil.which(name):
+            return found
+    raise CountError("no nm to read symbols (apt-get install binutils-aarch64-linux-gnu)")
+
+
+def function_ranges(exe: str | Path, pattern: str) -> list[tuple[str, int, int]]:
+    """(name, start, end) of the sized text symbols of `exe` whose name matches regex `pattern`."""
+    proc = subprocess.run([_nm(), "-S", "--defined-only", str(exe)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CountError(f"nm {exe}: {proc.stderr.strip()}")
+    regex, found = re.compile(pattern), []
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tTwW" and regex.search(parts[3]):
+            start = int(parts[0], 16)
+            found.append((parts[3], start, start + int(parts[1], 16)))
+    return found
+
+
+def _check_not_pie(exe: Path) -> None:
+    """Symbol addresses are guest addresses only in a position-dependent executable."""
+    header = exe.read_bytes()[:18]
+    if header[:4] != b"\x7fELF":
+        raise CountError(f"{exe} is not an ELF file")
+    if int.from_bytes(header[16:18], "little") != 2:   # ET_EXEC
+        raise CountError(f"{exe} is position-independent (static-pie or dynamic): per-function counts need "
+                         f"a plain -static link (-no-pie), whose symbol addresses are the run's addresses")
+
+
+def count_instructions(exe: str | Path, args: Sequence[str] = (),
+                       groups: Mapping[str, Iterable[tuple[int, int]]] | None = None, *,
+                       cwd: str | Path | None = None, timeout: float | None = None) -> InsnCount:
+    """Run `exe args` under qemu with the counting plugin; `groups` maps a name to address ranges
+    [start, end) (e.g. from function_ranges). Raises CountError if the program fails."""
+    exe = Path(exe).resolve()
+    groups = {name: list(ranges) for name, ranges in (groups or {}).items()}
+    for name in groups:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+            raise CountError(f"group name {name!r}: letters, digits and _.:- only")
+    if any(groups.values()):
+        _check_not_pie(exe)
+    plugin = build_plugin()
+    with tempfile.TemporaryDirectory(prefix="qc_insn_count_") as d:
+        gfile, ofile = Path(d) / "groups.txt", Path(d) / "counts.txt"
+        gfile.write_text("".join(f"{name} {s:x} {e:x}\n" for name, rs in groups.items() for s, e in rs))
+        # qemu splits -plugin's argument at commas: the paths must have none
+        if "," in str(plugin) + d:
+            raise CountError(f"a comma in {plugin} or {d}: qemu's -plugin option cannot carry it")
+        cmd = [*emulator(), "-plugin", f"{plugin},groups={gfile},out={ofile}", str(exe), *map(str, args)]
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CountError(f"{exe.name} ran past {timeout} s under qemu") from None
+        if proc.returncode != 0:
+            raise CountError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr.strip()[-2000:]}")
+        if not ofile.exists():
+            raise CountError(f"the plugin wrote no counts (qemu: {proc.stderr.strip()[-500:]})")
+        counts = dict(ln.split() for ln in ofile.read_text().splitlines())
+    return InsnCount(int(counts.pop("total")), {name: int(counts.get(name, 0)) for name in groups})
+
+
+def count_by_symbols(exe: str | Path, args: Sequence[str], patterns: Mapping[str, str], **kw) -> InsnCount:
+    """count_instructions with each group given as a regex over function names (first match wins)."""
+    groups, taken = {}, set()
+    for name, pattern in patterns.items():
+        fns = [f for f in function_ranges(exe, pattern) if f[0] not in taken]
+        if not fns:
+            raise CountError(f"group {name}: no function of {exe} matches {pattern!r}")
+        taken.update(f[0] for f in fns)
+        groups[name] = [(s, e) for _, s, e in fns]
+    return count_instructions(exe, args, groups, **kw)
+
+
+LIBC_MEM = r"^__(memcpy|memmove|memset)_\w+$"   # static glibc's variants (the GEMM's A packing calls them)
+GEMM_SYMBOLS = r"^(qc_arm_gemm_|\w*_tile_\d+x\d+$|tile_\d+x\d+$)"   # GEMM entries and their static tiles
+
+
+def count_model(exe: str | Path, args: Sequence[str], macs: int, *, gemm_pattern: str = GEMM_SYMBOLS,
+                timeout: float | None = None) -> dict:
+    """The whole-model figure: run a compiled model (e.g. `qc_model_main weights.bin input.bin
+    output.bin`) and return its instructions in total, in GEMM code and in libc's memcpy/memset
+    (which the GEMMs' A packing and other copies call), each also per MAC of the model."""
+    c = count_by_symbols(exe, args, {"gemm": gemm_pattern, "mem": LIBC_MEM}, timeout=timeout)
+    return {"instructions": c.total, "gemm_instructions": c.groups["gemm"], "mem_instructions": c.groups["mem"],
+            "macs": macs, "per_mac": c.total / macs, "gemm_per_mac": c.groups["gemm"] / macs}
+
+
+# ---- ResNet-18's convolutions as GEMMs, per level ----
+
+def resnet18_gemms(size: int = 224) -> list[tuple[str, int, int, int]]:
+    """(layer, M, N, K) of every convolution of torchvision's resnet18 at batch 1 as an im2col GEMM
+    (M = oh*ow, N = cout, K = kh*kw*cin), and the classifier (M = 1). Depthwise: none in ResNet."""
+    out = []
+
+    def conv(name, hw, cin, cout, k, stride):
+        o = (hw + 2 * (k // 2) - k) // stride + 1
+        out.append((name, o * o, cout, k * k * cin))
+        return o
+
+    hw = conv("conv1", size, 3, 64, 7, 2)
+    hw = (hw + 2 - 3) // 2 + 1   # max pool 3x3 s2 p1
+    cin = 64
+    for stage, cout in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            stride = 2 if stage > 1 and block == 0 else 1
+            name = f"layer{stage}.{block}"
+            o = conv(f"{name}.conv1", hw, cin, cout, 3, stride)
+            conv(f"{name}.conv2", o, cout, cout, 3, 1)
+            if stride != 1 or cin != cout:
+                conv(f"{name}.downsample", hw, cin, cout, 1, stride)
+            hw, cin = o, cout
+    out.append(("fc", 1, 1000, 512))
+    return out
+
+
+def build_resnet_driver(level: str, workdir: Path) -> Path:
+    """Static aarch64 program running the GEMMs given on its command line through one level."""
+    try:
+        cc = toolchain.find_compiler("aarch64")
+    except toolchain.ToolchainError as e:
+        raise CountError(str(e)) from None
+    flags = ["-O3", "-Wall", "-Wextra", "-Werror", f"-march={MARCH[level]}", f"-I{RUNTIME}", f"-I{KERNELS}"]
+    objs = []
+    for src in (KERNELS / f"qc_arm_gemm_{level}.c", RESNET_DRIVER):
+        obj = workdir / f"{level}_{src.stem}.o"
+        proc = subprocess.run([cc, *flags, f"-DQC_LEVEL={level}", "-c", str(src), "-o", str(obj)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CountError(f"compiling {src.name} for {level} failed:\n{proc.stderr.strip()}")
+        objs.append(str(obj))
+    exe = workdir / f"resnet18_gemms_{level}"
+    proc = subprocess.run([cc, "-static", "-no-pie", *objs, "-o", str(exe)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CountError(f"linking {exe.name} failed:\n{proc.stderr.strip()}")
+    return exe
+
+
+def resnet18_counts(levels: Sequence[str], size: int = 224) -> list[dict]:
+    shapes = resnet18_gemms(size)
+    macs = sum(m * n * k for _, m, n, k in shapes)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="qc_resnet_gemms_") as d:
+        for level in levels:
+            exe = build_resnet_driver(level, Path(d))
+            args = [f"{m},{n},{k}" for _, m, n, k in shapes]
+            c = count_by_symbols(exe, args, {"gemm": rf"^qc_arm_gemm_{level}$|_tile_\d+x\d+$|^tile_\d+x\d+$",
+                                             "mem": LIBC_MEM, "pack_weights": rf"^qc_arm_pack_{level}$"})
+            rows.append({"level": level, "macs": macs, "total": c.total, **c.groups, "rest": c.rest})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="count a program's instructions: run [--group NAME=REGEX]... -- EXE ARGS")
+    run.add_argument("--group", action="append", default=[], metavar="NAME=REGEX",
+                     help="instructions in functions whose name matches REGEX (repeatable)")
+    run.add_argument("argv", nargs=argparse.REMAINDER)
+    res = sub.add_parser("resnet18", help="ResNet-18's convolutions as GEMMs through each level")
+    res.add_argument("--levels", default="neon,dotprod,i8mm")
+    res.add_argument("--size", type=int, default=224, help="input height = width (224)")
+    res.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    try:
+        if args.cmd == "run":
+            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            if not argv:
+                ap.error("run: give the executable (and its arguments) after --")
+            patterns = dict(g.split("=", 1) for g in args.group)
+            c = count_by_symbols(argv[0], argv[1:], patterns) if patterns else count_instructions(argv[0], argv[1:])
+            print(f"total {c.total}")
+            for name, n in c.groups.items():
+                print(f"{name} {n}")
+            if c.groups:
+                print(f"rest {c.rest}")
+            return
+        levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
+        bad = [lv for lv in levels if lv not in MARCH]
+        if bad:
+            ap.error(f"unknown level(s) {bad}: choose from {list(MARCH)}")
+        rows = resnet18_counts(levels, args.size)
+    except CountError as e:
+        sys.exit(f"arm_qemu_count: {e}")
+    qemu = subprocess.run([emulator()[0], "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    cc = subprocess.run([toolchain.find_compiler("aarch64"), "--version"], capture_output=True,
+                        text=True).stdout.splitlines()[0]
+    print(f"{qemu}; {cc} -O3; ResNet-18 {args.size}x{args.size}, batch 1: "
+          f"{len(resnet18_gemms(args.size))} GEMMs, {rows[0]['macs']:,} MACs\n")
+    head = ("level", "GEMM kernel instrs", "per MAC", "+ memcpy/memset", "per MAC", "MACs per instr",
+            "weight packing", "rest")
+    if args.markdown:
+        print("| " + " | ".join(head) + " |\n| --- |" + " ---: |" * (len(head) - 1))
+    for r in rows:
+        gemm, both = r["gemm"] / r["macs"], (r["gemm"] + r["mem"]) / r["macs"]
+        cells = (r["level"], f"{r['gemm']:,}", f"{gemm:.4f}", f"{r['gemm'] + r['mem']:,}", f"{both:.4f}",
+                 f"{1 / both:.1f}", f"{r['pack_weights']:,}", f"{r['rest']:,}")
+        print("| " + " | ".join(cells) + " |" if args.markdown else
+              "  ".join(f"{h}: {c}" for h, c in zip(head, cells)))
+
+if __name__ == "__main__":
+    main()
