@@ -7,8 +7,10 @@ Reported: cycles per iteration, cycles per MAC, and the ratio to the ideal of th
 instruction, measured the same way: a loop of 16 independent MAC instructions (sdot 16 MACs,
 smmla 32, smull/smlal2 8 each for the baseline, whose sadalp is counted as overhead) on the
 same core model. Goal (issue 11): GEMM inner loop within 1.3x of ideal at every level.
+Cores: CPUS below; the scheduling tables llvm-mca really used are read from its report and
+shown (an older LLVM silently gives N1 and V1 other cores' tables: LLVM 19 has both).
 
-    python benchmarks/arm_proxy.py [--markdown]
+    python benchmarks/arm_proxy.py [--markdown] [--show-loops] [--mca llvm-mca-19]
 """
 import argparse
 import re
@@ -46,21 +48,29 @@ IDEAL = {
     "smlal/smlal2 (16-bit)": ([f"smlal{'2' if i % 2 else ''} v{i}.4s, v30.{'8h' if i % 2 else '4h'}, "
                                f"v31.{'8h' if i % 2 else '4h'}" for i in range(16)], 4),
 }
-# 14 independent chains of the baseline's full step (v30 / v31 the shared operands)
-SCHEME_FLOOR = [ins for i in range(14) for ins in (f"smull v{i}.8h, v30.8b, v31.8b",
-                                                    f"smlal2 v{i}.8h, v30.16b, v31.16b",
-                                                    f"sadalp v{14 + i}.4s, v{i}.8h")]
-# cores llvm-mca models, and whether they have FEAT_I8MM (all of these have dotprod)
-CPUS = {"neoverse-n1": False, "cortex-a76": False, "cortex-x1": False, "neoverse-v1": True, "neoverse-n2": True}
+# 14 independent chains of the baseline's full step (v30 / v31 the shared operands), each
+# stage of all chains in turn so that an in-order core does not wait on a chain either
+SCHEME_FLOOR = ([f"smull v{i}.8h, v30.8b, v31.8b" for i in range(14)]
+                + [f"smlal2 v{i}.8h, v30.16b, v31.16b" for i in range(14)]
+                + [f"sadalp v{14 + i}.4s, v{i}.8h" for i in range(14)])
+# cores, and the levels each has beyond the baseline. N1 and V1 are issue 11's named cores
+# (their own tables: in LLVM 19, not in 16); N2 a second 2-pipe core; A57 (= A72 class) and the in-order A55
+# are the kind of core that runs the baseline level in practice (A57 lacks dotprod).
+CPUS = {"neoverse-n1": {"dotprod"}, "neoverse-v1": {"dotprod", "i8mm"}, "neoverse-n2": {"dotprod", "i8mm"},
+        "cortex-a57": set(), "cortex-a55": {"dotprod"}}
+# the scheduling model each -mcpu should get (resource-name prefix); anything else is an older
+# LLVM's fallback (llvm-mca 16: A57's tables for N1, N2's for V1), flagged in the output
+EXPECTED_TABLES = {"neoverse-n1": "N1", "neoverse-v1": "V1", "neoverse-n2": "N2", "cortex-a57": "A57",
+                   "cortex-a55": "CortexA55"}
 
 
-def tools():
+def tools(mca_path=None):
     cc = shutil.which("aarch64-linux-gnu-gcc") or (shutil.which("gcc") if _is_arm() else None)
-    # the newest installed: llvm-mca 14 models every one of these cores with Cortex-A57's tables
-    mca = next((p for v in (19, 18, 17, 16, 15, 14) if (p := shutil.which(f"llvm-mca-{v}"))), None) \
+    # the newest installed: LLVM 19 has N1 and V1 tables, 16 has neither (Debian bookworm: llvm-19)
+    mca = mca_path or next((p for v in range(25, 13, -1) if (p := shutil.which(f"llvm-mca-{v}"))), None) \
         or shutil.which("llvm-mca")
     if cc is None or mca is None:
-        sys.exit("needs aarch64-linux-gnu-gcc and llvm-mca (Debian: gcc-aarch64-linux-gnu llvm-14)")
+        sys.exit("needs aarch64-linux-gnu-gcc and llvm-mca (Debian: gcc-aarch64-linux-gnu llvm-19)")
     return cc, mca
 
 
@@ -116,9 +126,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--show-loops", action="store_true", help="print each extracted loop")
+    ap.add_argument("--mca", help="llvm-mca binary (default: the newest llvm-mca-N on PATH)")
     args = ap.parse_args()
-    cc, mcabin = tools()
-    rows = []
+    cc, mcabin = tools(args.mca)
+    rows, fallbacks = [], set()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         bodies = {name: hot_loop(cc, name, *spec[:2], tmp) for name, spec in LOOPS.items()}
@@ -132,12 +143,14 @@ def main():
         for name, (src, march, kind) in LOOPS.items():
             ideal_instrs, ideal_macs = IDEAL[kind]
             macs = macs_per_iteration(name, bodies[name])
-            for cpu, has_i8mm in CPUS.items():
-                if name == "i8mm" and not has_i8mm:
-                    rows.append((name, cpu, len(bodies[name]), macs, None, None, None, "core lacks i8mm"))
+            for cpu, features in CPUS.items():
+                if name in ("dotprod", "i8mm") and name not in features:
+                    rows.append((name, cpu, len(bodies[name]), macs, None, None, None, f"core lacks {name}"))
                     continue
                 attr = "+dotprod,+i8mm"
                 per_iter, model = mca(mcabin, cpu, bodies[name], tmp, attr)
+                if model != EXPECTED_TABLES[cpu]:
+                    fallbacks.add(f"{cpu} -> {model}")
                 ideal = mca(mcabin, cpu, ideal_instrs, tmp, attr)[0] / (len(ideal_instrs) * ideal_macs)
                 rows.append((name, cpu, len(bodies[name]), macs, per_iter, per_iter / macs,
                              per_iter / macs / ideal, model))
@@ -147,6 +160,9 @@ def main():
     def floor(name, cpu, cpm):   # the baseline against its own scheme's floor
         return f"{cpm / extra[cpu]:.2f}" if name == "neon" and cpm is not None else "–"
 
+    if fallbacks:
+        print(f"NOTE: this llvm-mca lacks some cores' own tables ({', '.join(sorted(fallbacks))}); "
+              f"LLVM 19 has N1 and V1 tables (Debian: apt-get install llvm-19)\n")
     if args.markdown:
         print(f"llvm-mca: {version}; {ITERATIONS} iterations\n")
         print("| loop | -mcpu (tables used) | instrs/iter | MACs/iter | cycles/iter | cycles/MAC | × ideal "
