@@ -1,12 +1,15 @@
 /* Runs a sequence of int8 GEMMs through one level's kernel, for instruction counting under qemu
  * (benchmarks/arm_qemu_count.py resnet18). Built with -DQC_LEVEL=neon|dotprod|i8mm and that
  * level's -march, linked with that level's kernel file only.
- *   arm_resnet18_gemms M,N,K [M,N,K ...]
+ *   arm_resnet18_gemms [--no-gemm] M,N,K [M,N,K ...]
+ * --no-gemm: everything but the GEMM calls, so that the difference of two runs' counts is
+ * what the GEMMs execute, libc calls included (the weight packing calls memcpy too).
  * Per GEMM: pseudo-random A [M][K] and weights [N][K] in [-127, 127] (the baseline's range),
  * weights packed once, one qc_arm_gemm_<level> call (fp32 requantization, za = 3). Prints a
  * checksum of the outputs so that a wrong run shows. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "qc_arm_kernels.h"
 
 #define CAT_(a, b) a##b
@@ -34,7 +37,8 @@ static void *xalloc(size_t bytes)
 int main(int argc, char **argv)
 {
     uint64_t checksum = 0;
-    for (int i = 1; i < argc; i++) {
+    const int gemm = !(argc > 1 && strcmp(argv[1], "--no-gemm") == 0);
+    for (int i = 2 - gemm; i < argc; i++) {
         long long m, n, k;
         if (sscanf(argv[i], "%lld,%lld,%lld", &m, &n, &k) != 3 || m < 1 || n < 1 || k < 1) {
             fprintf(stderr, "argument %d: want M,N,K (positive), got %s\n", i, argv[i]);
@@ -49,8 +53,10 @@ int main(int argc, char **argv)
         void *packed = xalloc((size_t)LEVEL_FN(qc_arm_packed_size_)(n, k));
         void *work = xalloc((size_t)LEVEL_FN(qc_arm_work_size_)(k));
         if (LEVEL_FN(qc_arm_pack_)(w, n, k, packed) != 0) { fprintf(stderr, "packing refused\n"); return 2; }
-        LEVEL_FN(qc_arm_gemm_)(a, k, m, n, k, 3, packed, bias, &rq, c, n, work);
-        for (long long j = 0; j < m * n; j++) checksum = checksum * 31 + (uint8_t)c[j];
+        if (gemm) {
+            LEVEL_FN(qc_arm_gemm_)(a, k, m, n, k, 3, packed, bias, &rq, c, n, work);
+            for (long long j = 0; j < m * n; j++) checksum = checksum * 31 + (uint8_t)c[j];
+        }
         free(a), free(w), free(c), free(bias), free(m0), free(shift), free(mult), free(packed), free(work);
     }
     printf("checksum %016llx\n", (unsigned long long)checksum);
