@@ -104,3 +104,4 @@ void qc_arm_depthwise_neon(const int8_t *x, int8_t *y, const qc_window *g, int32
             }
         }
 }
+#undef CB

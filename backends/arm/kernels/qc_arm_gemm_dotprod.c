@@ -24,7 +24,7 @@ int qc_arm_pack_dotprod(const int8_t *w, int64_t n, int64_t k, void *packed)
     c##r##0 = vdotq_laneq_s32(c##r##0, b0, av, lane); \
     c##r##1 = vdotq_laneq_s32(c##r##1, b1, av, lane)
 
-static void tile_8x8(const int8_t *pa, const int8_t *pb, int64_t nkb, const int32_t *bias, const int32_t *colsum,
+static void dotprod_tile_8x8(const int8_t *pa, const int8_t *pb, int64_t nkb, const int32_t *bias, const int32_t *colsum,
                      int32_t za, const qc_rq *rq, int64_t n0, int nr, int mr, int8_t *c, int64_t ldc)
 {
     int32x4_t c00 = vdupq_n_s32(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
@@ -50,5 +50,19 @@ void qc_arm_gemm_dotprod(const int8_t *a, int64_t lda, int64_t m, int64_t n, int
                          const void *packed, const int32_t *bias, const qc_rq *rq, int8_t *c, int64_t ldc,
                          void *work)
 {
-    qc_arm_gemm_drive(a, lda, m, n, k, za, packed, bias, rq, c, ldc, work, MR, NR, KB, tile_8x8);
+    qc_arm_gemm_drive(a, lda, m, n, k, za, packed, bias, rq, c, ldc, work, MR, NR, KB, QC_ARM_A_S8, dotprod_tile_8x8);
 }
+
+void qc_arm_gemm_u8_dotprod(const uint8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
+                            const void *packed, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
+                            void *work)
+{
+    qc_arm_gemm_drive((const int8_t *)a, lda, m, n, k, za - 128, packed, bias, rq, (int8_t *)c, ldc, work, MR, NR,
+                      KB, QC_ARM_A_U8, dotprod_tile_8x8);
+}
+
+/* one translation unit may hold every level (the runtime's unity build) */
+#undef MR
+#undef NR
+#undef KB
+#undef ROW

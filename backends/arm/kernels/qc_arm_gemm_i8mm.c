@@ -27,7 +27,7 @@ int qc_arm_pack_i8mm(const int8_t *w, int64_t n, int64_t k, void *packed)
 /* rows 2p (zip1) or 2p + 1 (zip2) of two 2x2 blocks [r0c0 r0c1 r1c0 r1c1]: 4 columns */
 #define ROWS(x, y, zip) vreinterpretq_s32_s64(zip(vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y)))
 
-static void tile_8x8(const int8_t *pa, const int8_t *pb, int64_t nkb, const int32_t *bias, const int32_t *colsum,
+static void i8mm_tile_8x8(const int8_t *pa, const int8_t *pb, int64_t nkb, const int32_t *bias, const int32_t *colsum,
                      int32_t za, const qc_rq *rq, int64_t n0, int nr, int mr, int8_t *c, int64_t ldc)
 {
     int32x4_t c00 = vdupq_n_s32(0), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00,
@@ -57,5 +57,20 @@ void qc_arm_gemm_i8mm(const int8_t *a, int64_t lda, int64_t m, int64_t n, int64_
                       const void *packed, const int32_t *bias, const qc_rq *rq, int8_t *c, int64_t ldc,
                       void *work)
 {
-    qc_arm_gemm_drive(a, lda, m, n, k, za, packed, bias, rq, c, ldc, work, MR, NR, KB, tile_8x8);
+    qc_arm_gemm_drive(a, lda, m, n, k, za, packed, bias, rq, c, ldc, work, MR, NR, KB, QC_ARM_A_S8, i8mm_tile_8x8);
 }
+
+void qc_arm_gemm_u8_i8mm(const uint8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
+                         const void *packed, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
+                         void *work)
+{
+    qc_arm_gemm_drive((const int8_t *)a, lda, m, n, k, za - 128, packed, bias, rq, (int8_t *)c, ldc, work, MR, NR,
+                      KB, QC_ARM_A_U8, i8mm_tile_8x8);
+}
+
+/* one translation unit may hold every level (the runtime's unity build) */
+#undef MR
+#undef NR
+#undef KB
+#undef PAIR
+#undef ROWS

@@ -22,6 +22,10 @@
  *            pair of products fits int16; qc_arm_pack_neon refuses −128.
  *   dotprod  -march=armv8.2-a+dotprod: sdot (by element); tile 8x8, k by 4.
  *   i8mm     -march=armv8.6-a+i8mm: smmla (2x8 · 8x2 per instruction); tile 8x8, k by 8.
+ * uint8 storage (the shared C runtime's: every activation uint8, int8 values stored + 128):
+ * qc_arm_gemm_u8_<l> takes A, C, za and rq->zp / qmin / qmax in that uint8 domain. It packs
+ * A with the sign bit flipped (u ^ 0x80 is u − 128 as int8) and runs the same tile loops
+ * with za − 128; the epilogue's narrowing already stores [0, 255] as uint8.
  * Per level: qc_arm_packed_size_<l>(n, k) bytes (16-byte aligned buffer) for
  * qc_arm_pack_<l>(w[n][k], ...), done once per weight; qc_arm_work_size_<l>(k) bytes of
  * scratch (16-byte aligned) per calling thread for qc_arm_gemm_<l>, which packs A strip by
@@ -56,6 +60,9 @@ int qc_arm_pack_neon(const int8_t *w, int64_t n, int64_t k, void *packed);   /* 
 void qc_arm_gemm_neon(const int8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
                       const void *packed, const int32_t *bias, const qc_rq *rq, int8_t *c, int64_t ldc,
                       void *work);
+void qc_arm_gemm_u8_neon(const uint8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
+                         const void *packed, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
+                         void *work);
 
 /* ---- dotprod ---- */
 int64_t qc_arm_packed_size_dotprod(int64_t n, int64_t k);
@@ -64,6 +71,9 @@ int qc_arm_pack_dotprod(const int8_t *w, int64_t n, int64_t k, void *packed);
 void qc_arm_gemm_dotprod(const int8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
                          const void *packed, const int32_t *bias, const qc_rq *rq, int8_t *c, int64_t ldc,
                          void *work);
+void qc_arm_gemm_u8_dotprod(const uint8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
+                            const void *packed, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
+                            void *work);
 
 /* ---- i8mm ---- */
 int64_t qc_arm_packed_size_i8mm(int64_t n, int64_t k);
@@ -72,6 +82,9 @@ int qc_arm_pack_i8mm(const int8_t *w, int64_t n, int64_t k, void *packed);
 void qc_arm_gemm_i8mm(const int8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
                       const void *packed, const int32_t *bias, const qc_rq *rq, int8_t *c, int64_t ldc,
                       void *work);
+void qc_arm_gemm_u8_i8mm(const uint8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
+                         const void *packed, const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
+                         void *work);
 
 /* ---- depthwise, baseline NEON: any kh x kw, stride, padding, dilation (3x3 s1/s2 is the
  * tested case) ---- packed weights int16 [kh*kw][c rounded up to 8], zero beyond c */

@@ -117,7 +117,7 @@ static inline int32x4_t qc_arm_offset4(const int32_t *bias, const int32_t *colsu
     return vmlsq_s32(b, vld1q_s32(colsum + j0), vdupq_n_s32(za));
 }
 
-/* The panel layout every level uses, for A strips and W panels alike: [k / KB][R][KB] —
+/* The panel layout every level uses, for W panels here and A strips (qc_arm_pack_a) alike: [k / KB][R][KB] —
  * KB consecutive k of row 0, of row 1, ... R rows, then the next KB. Rows past `rows` and k
  * past `k` are zero (a zero weight adds nothing whatever A holds there).
  *   neon R=4 KB=16 (one q register per row); dotprod R=8 KB=4 (4 rows per q register, the
@@ -161,10 +161,59 @@ typedef void (*qc_arm_tile_fn)(const int8_t *pa, const int8_t *pb, int64_t nkb, 
                                const int32_t *colsum, int32_t za, const qc_rq *rq, int64_t n0, int nr, int mr,
                                int8_t *c, int64_t ldc);
 
-/* the loop nest: per strip of MR rows, pack A once into work, then every W panel */
-static inline void qc_arm_gemm_drive(const int8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za,
-                                     const void *packed, const int32_t *bias, const qc_rq *rq, int8_t *c,
-                                     int64_t ldc, void *work, int MR, int NR, int KB, qc_arm_tile_fn tile)
+/* A storage. Signed (QC_ARM_A_S8): A holds the int8 values. uint8 (QC_ARM_A_U8, the shared
+ * runtime's storage: int8 stored + 128, uint8 as is): u ^ 0x80 read as int8 is u − 128, so
+ * (u − za) == ((u ^ 0x80) − (za − 128)); the A strip is packed with its sign bits flipped and
+ * the kernel runs on za − 128 (one eor per 16 bytes of A; the tile loops are the same). The
+ * epilogue needs nothing: with zp / qmin / qmax in the uint8 domain the results lie in
+ * [0, 255], and its narrowing (xtn: the low 8 bits) stores them as uint8. */
+enum { QC_ARM_A_S8 = 0, QC_ARM_A_U8 = 0x80 };
+
+/* KB bytes from src to dst, XOR flip (KB a constant after inlining: one load / eor / store) */
+static inline void qc_arm_copy_block(int8_t *dst, const int8_t *src, int KB, uint8_t flip)
+{
+    if (KB == 16) {
+        vst1q_u8((uint8_t *)dst, veorq_u8(vld1q_u8((const uint8_t *)src), vdupq_n_u8(flip)));
+    } else if (KB == 8) {
+        vst1_u8((uint8_t *)dst, veor_u8(vld1_u8((const uint8_t *)src), vdup_n_u8(flip)));
+    } else if (KB == 4) {
+        uint32_t v;
+        memcpy(&v, src, 4);
+        v ^= flip * 0x01010101u;
+        memcpy(dst, &v, 4);
+    } else {
+        for (int i = 0; i < KB; i++) dst[i] = (int8_t)(src[i] ^ flip);
+    }
+}
+
+/* A strip of rows [0, rows) (rows <= R) in the panel layout below, each byte XOR flip
+ * (QC_ARM_A_*). Rows past `rows` and k past `k` are zero: the weights there are zero too, and
+ * rows past `rows` are never stored, so they only need defined contents. */
+static inline void qc_arm_pack_a(const int8_t *src, int64_t ld, int64_t rows, int64_t k, int R, int KB,
+                                 uint8_t flip, int8_t *dst)
+{
+    const int64_t kfull = k / KB * KB;
+    for (int64_t p = 0; p < kfull; p += KB) {
+        for (int64_t r = 0; r < rows; r++, dst += KB) qc_arm_copy_block(dst, src + r * ld + p, KB, flip);
+        if (rows < R) {
+            memset(dst, 0, (size_t)((R - rows) * KB));
+            dst += (R - rows) * KB;
+        }
+    }
+    if (kfull < k) {
+        memset(dst, 0, (size_t)(R * KB));
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t p = kfull; p < k; p++) dst[r * KB + (p - kfull)] = (int8_t)(src[r * ld + p] ^ flip);
+    }
+}
+
+/* the loop nest: per strip of MR rows, pack A once into work (flip: QC_ARM_A_*; za is then
+ * the kernel's, i.e. already − 128 for uint8 storage), then every W panel. Always inlined:
+ * each entry point gets its own copy with MR / KB / flip constants. */
+static inline __attribute__((always_inline)) void
+qc_arm_gemm_drive(const int8_t *a, int64_t lda, int64_t m, int64_t n, int64_t k, int32_t za, const void *packed,
+                  const int32_t *bias, const qc_rq *rq, int8_t *c, int64_t ldc, void *work, int MR, int NR, int KB,
+                  uint8_t flip, qc_arm_tile_fn tile)
 {
     const int64_t npad = QC_ARM_ROUND_UP(n, NR), kpad = QC_ARM_ROUND_UP(k, KB);
     const int32_t *colsum = (const int32_t *)packed;
@@ -172,7 +221,7 @@ static inline void qc_arm_gemm_drive(const int8_t *a, int64_t lda, int64_t m, in
     int8_t *pa = (int8_t *)work;
     for (int64_t i0 = 0; i0 < m; i0 += MR) {
         int mr = m - i0 < MR ? (int)(m - i0) : MR;
-        qc_arm_pack_panel(a + i0 * lda, lda, mr, k, MR, KB, pa);
+        qc_arm_pack_a(a + i0 * lda, lda, mr, k, MR, KB, flip, pa);
         for (int64_t j0 = 0; j0 < n; j0 += NR) {
             int nr = n - j0 < NR ? (int)(n - j0) : NR;
             tile(pa, panels + j0 * kpad, kpad / KB, bias, colsum, za, rq, j0, nr, mr, c + i0 * ldc + j0, ldc);
