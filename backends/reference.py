@@ -24,5 +24,5 @@ class ReferenceBackend(Backend):
     name = "reference"
     capabilities = Capabilities(ops=INTEGER_OPS)
 
-    def load(self, gm, artifact, example_inputs):
+    def load(self, gm, artifact):
         return ReferenceModule(gm)

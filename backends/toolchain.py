@@ -102,7 +102,7 @@ EMULATOR_ENV = "QCOMPILER_QEMU"
 
 
 class _Artifact(NamedTuple):
-    type: str                     # "library" or "executable": in the cache key and the manifest
+    type: str                     # "library", "executable" or "object": in the cache key and the manifest
     link_flags: tuple[str, ...]   # before the caller's flags
     pattern: str                  # file name, from the build's name
 
@@ -112,6 +112,7 @@ class _Artifact(NamedTuple):
 
 _LIBRARY = _Artifact("library", LIBRARY_FLAGS, "lib{}.so")
 _EXECUTABLE = _Artifact("executable", (), "{}")
+_OBJECT = _Artifact("object", ("-c",), "{}.o")
 
 
 class CompilerIdentity(NamedTuple):
@@ -234,6 +235,12 @@ def build_executable(source: str, *, flags: Sequence[str] = (), name: str = "qc"
     :func:`build_shared_library`; ``CONTRACT_FLAGS`` are always added (not ``-shared``/``-fPIC``),
     ``-static`` is the caller's choice (a cross-built program under qemu-user needs it, or a sysroot)."""
     return _build(_EXECUTABLE, source, flags, name, kind)
+
+
+def build_object(source: str, *, flags: Sequence[str] = (), name: str = "qc", kind: str = "cc") -> Path:
+    """Path of the object file ``<name>.o`` compiled from ``source`` with ``flags`` (cached as
+    the other artifacts): a runtime built once and linked into many executables."""
+    return _build(_OBJECT, source, flags, name, kind)
 
 
 def _build(artifact: _Artifact, source: str, flags: Sequence[str], name: str, kind: str) -> Path:

@@ -4,7 +4,7 @@ against torch's float eager ops at ViT-tiny and BERT-base attention shapes.
     python benchmarks/transformer_ops.py [--threads 1 2] [--rounds 5] [--budget 0.2]
                                          [--cases vit_qk vit_av ...] [--markdown docs/benchmarks.md]
 
-Ours: the runtime library a compiled model links against (``runtime_library(choose_isa())``),
+Ours: the runtime library a compiled model links against (``X86Backend().build_runtime(choose_isa())``),
 its kernels called through ctypes on prepared uint8 buffers exactly as generated code calls
 them: a matmul is ``qc_rt_matmul_pack_b`` (b centred into panels, every call) then
 ``qc_rt_matmul``; QKᵀ reads the key tensor transposed in place (sk = 1, sn = head dim), as the
@@ -30,8 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from qcompiler.backends.x86 import choose_isa
-from qcompiler.backends.x86.runtime_library import runtime_library
+from qcompiler.backends.x86 import X86Backend, choose_isa
 from qcompiler.core.integer_ops import Requant, real_multiplier
 from qcompiler.core.qtypes import QParams, qtype
 from qcompiler.core.transformer_ops import SOFTMAX_RECIP_BITS, QLayerNorm, QMatMul, QSoftmax
@@ -217,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--markdown", metavar="PATH", help="write the results as a section of this file")
     args = p.parse_args(argv)
     isa = choose_isa()
-    lib = ctypes.CDLL(str(runtime_library(isa)[0]))
+    lib = ctypes.CDLL(str(X86Backend().build_runtime(isa)))
     rows = []
     for name in args.cases:
         kind, shape = CASES[name]

@@ -226,7 +226,7 @@ def test_threads_at_a_new_batch_size_build_it_once_and_agree(compiled_models, ta
 
 @pytest.mark.parametrize("target", COMPILED)
 def test_corrupt_weights_are_refused_and_a_repaired_bundle_loads(compiled_models, target, tmp_path):
-    from qcompiler.backends.x86.compiled_model import NativeModelError, load_bundle
+    from qcompiler.backends.native_model import NativeModelError, load_bundle
 
     x, qm, models = compiled_models
     root = models[target].save(tmp_path / "bundle")
@@ -242,7 +242,7 @@ def test_corrupt_weights_are_refused_and_a_repaired_bundle_loads(compiled_models
 
 @pytest.mark.parametrize("target", COMPILED)
 def test_garbled_manifest_names_the_file(compiled_models, target, tmp_path):
-    from qcompiler.backends.x86.compiled_model import load_bundle
+    from qcompiler.backends.native_model import load_bundle
 
     root = compiled_models[2][target].save(tmp_path / "bundle")
     (root / "manifest.json").write_text("{not json")
@@ -279,7 +279,7 @@ def test_wrong_dtype_at_another_batch_size_builds_nothing(compiled_models, targe
 
 @pytest.mark.parametrize("target", COMPILED)
 def test_emptied_bundle_source_names_the_bundle(compiled_models, target, tmp_path):
-    from qcompiler.backends.x86.compiled_model import load_bundle
+    from qcompiler.backends.native_model import load_bundle
 
     root = compiled_models[2][target].save(tmp_path / "bundle")
     (root / "model.c").write_text("")

@@ -68,9 +68,9 @@ def test_se_gate_rows(target, channels, hw, gate_first, scale, mode, act, seed):
 def _x86_runtime():
     if "x86" not in TARGETS:
         pytest.skip("no x86 target here")
-    from backends.x86.backend import choose_isa
-    from backends.x86.runtime_library import runtime_library
-    return ctypes.CDLL(str(runtime_library(choose_isa())[0]))
+    from backends.x86.backend import X86Backend
+    backend = X86Backend()
+    return ctypes.CDLL(str(backend.build_runtime(backend.variant())))
 
 
 @settings(max_examples=20, deadline=None)

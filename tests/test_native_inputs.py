@@ -108,7 +108,7 @@ def test_other_float_dtypes_run_as_their_float32_value(models, native_calls, dty
 
 @pytest.mark.parametrize("content", ["", "this is not C {\n"], ids=["emptied", "garbled"])
 def test_bundle_with_a_broken_model_c_names_it(models, tmp_path, content):
-    from qcompiler.backends.x86.compiled_model import load_bundle
+    from qcompiler.backends.native_model import load_bundle
 
     bundle = models[0].save(tmp_path / "bundle")
     (bundle / "model.c").write_text(content)

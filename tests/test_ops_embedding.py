@@ -89,7 +89,7 @@ def test_out_of_range_ids_name_the_input_and_the_table(target):
 @pytest.mark.parametrize("target", COMPILED)
 def test_native_code_checks_indices_itself(target):
     """Past the Python check (called directly), the C refuses an index before copying a row."""
-    from qcompiler.backends.x86.compiled_model import NativeModelError
+    from qcompiler.backends.native_model import NativeModelError
 
     torch.manual_seed(0)
     ids = torch.randint(0, 20, (1, 4))

@@ -306,8 +306,9 @@ def test_squeeze_excite_gate_is_one_row_per_pixel():
     from backends.x86.backend import X86Backend
     x = torch.randn(2, 40, 33, 35)
     qm = qcompiler.quantize(SqueezeExcite(40, 8).eval(), [(x,)], progress=False, warn_float=False)
-    program, _, _ = X86Backend().emit_program(qm.graph_module, (x,))
-    lines = [line for step in program.steps for line in step.lines if "qc_rt_mul_strided" in line]
+    backend = X86Backend()
+    source = backend.emit(backend.legalize(qm.graph_module, (x,))).source
+    lines = [line for line in source.splitlines() if "qc_rt_mul_strided" in line]
     assert len(lines) == 1 and "3, (const int64_t[]){2, 1155, 40}, (const int64_t[]){46200, 40, 1}, " \
         "(const int64_t[]){40, 0, 1}" in lines[0], lines
 

@@ -90,7 +90,7 @@ import json, os, sys, importlib.metadata as md
 import torch, torch.nn as nn
 import qcompiler
 from qcompiler.backends.c_emitter import lowering           # noqa: F401  (the package once left out)
-from qcompiler.backends.x86 import runtime_library
+from qcompiler.backends import c_target
 
 venv = os.path.realpath(sys.prefix)
 unmet = []
@@ -102,7 +102,7 @@ for req in md.requires("qcompiler") or []:
         except md.PackageNotFoundError:
             unmet.append(name)
 result = {"file": os.path.realpath(qcompiler.__file__), "venv": venv, "unmet": unmet,
-          "runtime_dir": os.path.realpath(runtime_library.C_RUNTIME_DIR), "cwd": os.getcwd()}
+          "runtime_dir": os.path.realpath(c_target.C_RUNTIME_DIR), "cwd": os.getcwd()}
 ok, why = qcompiler.available_targets()["x86"]
 result["x86"] = why if not ok else None
 if ok:

@@ -25,7 +25,7 @@ ok, why = qcompiler.available_targets().get("x86", (False, "not registered"))
 pytestmark = pytest.mark.skipif(not ok, reason=f"x86 target unavailable: {why}")
 
 from qcompiler.backends.c_emitter import BackendUnsupported  # noqa: E402
-from qcompiler.backends.x86 import X86CompiledModel, load_bundle  # noqa: E402
+from qcompiler.backends.native_model import NativeModel, load_bundle  # noqa: E402
 
 
 class SmallNet(nn.Module):
@@ -152,13 +152,14 @@ def test_bundle_roundtrip(small, tmp_path):
     compiled = qcompiler.compile(qm, target="x86")
     bundle = compiled.save(tmp_path / "bundle")
     names = {p.name for p in bundle.rglob("*") if p.is_file()}
-    assert {"model.c", "model.h", "weights.bin", "build.sh", "manifest.json", "qc_x86_runtime.c"} <= names
+    assert {"model.c", "model.h", "weights.bin", "Makefile", "qc_model_main.c", "manifest.json",
+            "qc_runtime_x86.c"} <= names
     assert not any(n.endswith((".pt", ".pkl", ".pickle")) for n in names)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["inputs"][0]["shape"] == [2, 3, 16, 16]
     assert manifest["outputs"][0]["shape"] == [2, 10]
     loaded = load_bundle(bundle)
-    assert isinstance(loaded, X86CompiledModel)
+    assert isinstance(loaded, NativeModel)
     assert torch.equal(loaded(x), compiled(x))
     with pytest.raises(ValueError, match="batch size"):
         loaded(torch.randn(3, 3, 16, 16))
@@ -229,14 +230,15 @@ def test_without_pytorch_fallback_the_error_names_the_module():
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="build.sh uses gcc")
-def test_bundle_builds_with_plain_gcc(small, tmp_path):
-    """build.sh alone (no qcompiler) gives a library that computes the same bytes, and builds
-    without a compiler warning (-Wall): a user sees that output."""
+def test_bundle_builds_with_make_and_its_program_runs(small, tmp_path):
+    """The bundle stands alone (no qcompiler): `make` builds the library and the program without a
+    compiler warning (a user sees that output); both compute the compiled model's bytes, the
+    program from an inputs file."""
     qm, x = small
     compiled = qcompiler.compile(qm, target="x86")
     bundle = compiled.save(tmp_path / "bundle")
-    built = subprocess.run(["sh", str(bundle / "build.sh")], check=True, capture_output=True, text=True,
-                           timeout=300)
+    built = subprocess.run(["make", "-C", str(bundle), "CFLAGS_EXTRA=-Wall"], check=True, capture_output=True,
+                           text=True, timeout=300)
     assert "warning" not in built.stderr, built.stderr[:2000]
     lib = ctypes.CDLL(str(bundle / "libqc_model.so"))
     lib.qc_model_arena_bytes.restype = ctypes.c_int64
@@ -247,6 +249,15 @@ def test_bundle_builds_with_plain_gcc(small, tmp_path):
     ins, outs = (ctypes.c_void_p * 1)(x.data_ptr()), (ctypes.c_void_p * 1)(out.data_ptr())
     assert lib.qc_model_run(ins, outs, ctypes.c_void_p(arena.data_ptr()), 1) == 0
     assert torch.equal(out, qm(x))
+    (tmp_path / "in.bin").write_bytes(x.numpy().tobytes())
+    for kind, expected in (("int", compiled(x, return_int=True)), ("float", compiled(x))):
+        subprocess.run([str(bundle / "qc_model_main"), "run", str(bundle / "weights.bin"), str(tmp_path / "in.bin"),
+                        str(tmp_path / "out.bin"), kind, "1"], check=True)
+        out = torch.frombuffer(bytearray((tmp_path / "out.bin").read_bytes()), dtype=expected.dtype)
+        assert torch.equal(out.reshape(expected.shape), expected)
+    bad = subprocess.run([str(bundle / "qc_model_main"), "run", str(bundle / "weights.bin"), str(bundle / "model.h"),
+                          str(tmp_path / "out.bin")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "the inputs file does not have the model's input sizes" in bad.stderr
 
 
 class Lambda(nn.Module):
@@ -301,8 +312,7 @@ class _Rq(ctypes.Structure):
        extreme=st.booleans())
 def test_runtime_requant_matches_the_reference(mode, seed, zp, extreme):
     """desc/impl: the runtime's vectorized channel requantization == qcompiler.core.quantize."""
-    from qcompiler.backends.x86.backend import choose_isa
-    from qcompiler.backends.x86.runtime_library import runtime_library
+    from qcompiler.backends.x86.backend import X86Backend
     from qcompiler.core.quantize import fixed_point_multiplier, requantize_fixed_point, requantize_fp32
 
     g = torch.Generator().manual_seed(seed)
@@ -320,7 +330,8 @@ def test_runtime_requant_matches_the_reference(mode, seed, zp, extreme):
         want = requantize_fixed_point(acc.to(torch.int64), m0, shift, zp, qmin, qmax)
     mult32, m032, shift32 = mult.contiguous(), m0.to(torch.int32), shift.to(torch.int32)
     rq = _Rq(1 if mode == "fp32" else 2, mult32.data_ptr(), m032.data_ptr(), shift32.data_ptr(), zp, qmin, qmax)
-    lib = ctypes.CDLL(str(runtime_library(choose_isa())[0]))
+    backend = X86Backend()
+    lib = ctypes.CDLL(str(backend.build_runtime(backend.variant())))
     out = torch.empty(n, dtype=torch.uint8)
     lib.qc_rt_requant_channels(ctypes.c_void_p(acc.data_ptr()), ctypes.c_void_p(out.data_ptr()),
                                ctypes.c_int64(n), ctypes.byref(rq))

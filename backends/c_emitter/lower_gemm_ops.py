@@ -77,11 +77,12 @@ def lower_conv(em, node: fx.Node, mod: QConv, x=None, shape=None) -> None:
         out = em.new_tensor(shape, "nhwc", add_mod.output_qparams)
         add_literal = _add_literal(em, node, mod, add_node, add_mod, other, o)
     if depthwise:
-        blocks = -(-o // 16)                 # [C/16][kh*kw][16], zero past C (qc_rt_depthwise)
-        w_dw = torch.zeros((blocks * 16, kh * kw), dtype=torch.int32)
+        lanes = em.depthwise_lanes           # [C/lanes][kh*kw][lanes], zero past C (qc_rt_depthwise)
+        blocks = -(-o // lanes)
+        w_dw = torch.zeros((blocks * lanes, kh * kw), dtype=torch.int32)
         w_dw[:o] = mod.weight.reshape(o, kh * kw).to(torch.int32)
-        w_dw = w_dw.reshape(blocks, 16, kh * kw).transpose(1, 2).contiguous()
-        b_dw = torch.zeros(blocks * 16, dtype=torch.int32)
+        w_dw = w_dw.reshape(blocks, lanes, kh * kw).transpose(1, 2).contiguous()
+        b_dw = torch.zeros(blocks * lanes, dtype=torch.int32)
         b_dw[:o] = bias.to(torch.int32)
         rq = RequantArrays.from_requant(mod.requant, o, out.signed)
         line = (f"qc_rt_depthwise({em.ptr(x)}, {em.ptr(out)}, {geom}, {x.zp}, "

@@ -19,7 +19,7 @@ from qcompiler.core.integer_ops import (Dequantize, IntegerOp, QAdaptiveAvgPool2
 from qcompiler.core.graph_utils import shape_only
 from qcompiler.core.op_table import canonical_op
 from qcompiler.core.qtypes import QParams
-from qcompiler.core.reference import run_reference
+from qcompiler.core.shapes import VALUE_KEY, holds_tensor
 
 from ..memory_plan import Buffer, MemoryPlan
 from . import lower_embedding, lower_shapes
@@ -40,9 +40,10 @@ RESHAPES = frozenset({"flatten", "unflatten", "reshape", "squeeze", "unsqueeze",
 class Lowering:
     """Walks an INTEGER graph in order and turns each node into runtime calls."""
 
-    def __init__(self, gm: fx.GraphModule, example_inputs: tuple, gemm: GemmLowering, name: str = "model"):
+    def __init__(self, gm: fx.GraphModule, gemm: GemmLowering, name: str = "model", depthwise_lanes: int = 16):
         self.gm = gm
         self.gemm = gemm
+        self.depthwise_lanes = depthwise_lanes       # the target's depthwise weight layout (TargetSettings)
         self.name = name
         self.modules = dict(gm.named_modules())
         self.blob = WeightsBlob()
@@ -56,7 +57,13 @@ class Lowering:
         self._converted: dict[tuple, QTensor] = {}
         self.fused: set[fx.Node] = set()
         self.tuple_output = False
-        _, self.shapes = run_reference(gm, *example_inputs, capture=True)
+        # every node's value (shape and dtype; numbers and constants as they are), recorded by the
+        # target's legalize (core.shapes.propagate_values)
+        missing = [n.name for n in gm.graph.nodes if VALUE_KEY not in n.meta and n.op != "output"]
+        if missing:
+            raise ValueError(f"the graph was not legalized for a target (no value recorded for {missing[:3]}); "
+                             "compile it through a backend (legalize, then emit)")
+        self.shapes = {n.name: n.meta.get(VALUE_KEY) for n in gm.graph.nodes}
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -153,7 +160,7 @@ class Lowering:
     def lower_node(self, node: fx.Node) -> None:
         if node in self.fused:
             return                  # computed by its producer's step (a residual add in an epilogue)
-        if not _holds_tensor(self.shapes.get(node.name)):
+        if not holds_tensor(self.shapes.get(node.name)):
             return                  # a number or a shape: static in a program compiled for fixed shapes
         mod = self.modules.get(node.target) if node.op == "call_module" else None
         if isinstance(mod, Quantize):
@@ -465,11 +472,6 @@ class Lowering:
         layout = "plain"
         self.values[node] = QTensor(shape, layout, x.zp, x.signed, x.qparams, x.buffer)
 
-
-def _holds_tensor(value) -> bool:
-    if isinstance(value, (tuple, list)):
-        return any(_holds_tensor(v) for v in value)
-    return isinstance(value, torch.Tensor)
 
 
 def _nchw(shape) -> tuple[int, int, int]:

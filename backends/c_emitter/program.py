@@ -12,20 +12,12 @@ from qcompiler.core.integer_ops import Requant
 from qcompiler.core.provenance import user_label
 from qcompiler.core.qtypes import QParams
 
+from ..base import BackendUnsupported
 from ..memory_plan import Buffer, MemoryPlan
 
 
 #: ``placeholder.meta`` key: the QParams of an integer segment input (set by partitioning)
 INPUT_QPARAMS = "qc_input_qparams"
-
-
-class BackendUnsupported(NotImplementedError):
-    """The graph contains something this target cannot compile. The message names the user's
-    layer and op; ``node`` is the graph node's name, so partitioning can run it in PyTorch."""
-
-    def __init__(self, message: str, node: Optional[str] = None):
-        super().__init__(message)
-        self.node = node
 
 
 def unsupported(node: fx.Node, why: str) -> BackendUnsupported:

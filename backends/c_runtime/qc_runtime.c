@@ -2,6 +2,7 @@
  * Semantics and conventions: qc_runtime.h. Build with -ffp-contract=off. */
 #include "qc_runtime.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static inline void qc_copy_bytes(uint8_t *restrict dst, const uint8_t *restrict src, int64_t n);
@@ -434,14 +435,110 @@ void qc_rt_im2col(const uint8_t *x, uint8_t *col, const qc_window *g, int64_t c0
 #endif
 
 /* ---------------------------------------------------------------------------------- */
+/* blocked convolution: im2col of a block of rows, then the target's GEMM, per thread    */
+/* ---------------------------------------------------------------------------------- */
+
+#ifdef QC_THREAD_POOL_H              /* threads: a pthread key per thread's buffer */
+static pthread_key_t qc_scratch_key;
+static pthread_once_t qc_scratch_once = PTHREAD_ONCE_INIT;
+static void qc_scratch_key_init(void) { (void)pthread_key_create(&qc_scratch_key, free); }
+#define QC_SCRATCH_GET() ((void)pthread_once(&qc_scratch_once, qc_scratch_key_init), \
+                          (size_t *)pthread_getspecific(qc_scratch_key))
+#define QC_SCRATCH_SET(h) (pthread_setspecific(qc_scratch_key, (h)) == 0)
+#else                                /* serial runtime: one buffer */
+static size_t *qc_scratch_one;
+#define QC_SCRATCH_GET() (qc_scratch_one)
+#define QC_SCRATCH_SET(h) ((qc_scratch_one = (h)), 1)
+#endif
+#define QC_SCRATCH_HEADER 64         /* bytes before the buffer: its capacity, and alignment */
+
+uint8_t *qc_rt_thread_scratch(size_t bytes)
+{
+    size_t *h = QC_SCRATCH_GET();
+    if (h == NULL || h[0] < bytes) {
+        free(h);
+        (void)QC_SCRATCH_SET(NULL);
+        const size_t total = (QC_SCRATCH_HEADER + bytes + 63) / 64 * 64;
+        h = (size_t *)aligned_alloc(64, total);
+        if (h == NULL) return NULL;
+        memset(h, 0, total);         /* defined bytes in a K pad the first time too */
+        h[0] = bytes;
+        if (!QC_SCRATCH_SET(h)) { free(h); return NULL; }
+    }
+    return (uint8_t *)h + QC_SCRATCH_HEADER;
+}
+
+typedef struct {
+    const uint8_t *x;
+    const qc_window *g;
+    int64_t c0, cg;
+    uint8_t pad;
+    int64_t m, ldk, mb;
+    qc_rt_block_gemm block_gemm;
+    const void *gemm;
+    uint8_t *c;
+    int64_t ldc;
+    const qc_rt_add_params *add;
+    int err;                         /* the first error; written under the compare-and-swap below */
+} qc_conv_job;
+
+static void qc_conv_block(const void *ctx, int64_t chunk, int slot)
+{
+    qc_conv_job *j = (qc_conv_job *)ctx;
+    const int64_t r0 = chunk * j->mb, rows = j->m - r0 < j->mb ? j->m - r0 : j->mb;
+    (void)slot;
+    if (__atomic_load_n(&j->err, __ATOMIC_RELAXED) != 0) return;
+    uint8_t *col = qc_rt_thread_scratch((size_t)(j->mb * j->ldk));
+    int err = QC_RT_ERR_NOMEM;
+    if (col != NULL) {
+        qc_rt_im2col_rows(j->x, col, j->ldk, j->g, j->c0, j->cg, j->pad, r0, rows);
+        qc_rt_add_params add;               /* the other addend's rows of this block */
+        if (j->add != NULL) {
+            add = *j->add;
+            add.r += r0 * add.ldr;
+        }
+        err = j->block_gemm(j->gemm, rows, col, j->ldk, j->c + r0 * j->ldc, j->ldc, j->add ? &add : NULL);
+    }
+    if (err != 0) {
+        int expected = 0;
+        __atomic_compare_exchange_n(&j->err, &expected, err, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+}
+
+int qc_rt_conv_blocked(const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg, uint8_t pad, int64_t k_align,
+                       qc_rt_block_gemm block_gemm, const void *gemm, uint8_t *c, int64_t ldc,
+                       const qc_rt_add_params *add, int64_t block_bytes, int threads)
+{
+    if (x == NULL || g == NULL || block_gemm == NULL || c == NULL) return QC_RT_ERR_NULL;
+    const int64_t m = g->n * g->oh * g->ow, k = (int64_t)g->kh * g->kw * cg;
+    if (m <= 0 || k <= 0 || block_bytes <= 0 || k_align <= 0) return QC_RT_ERR_SIZE;
+#ifdef QC_THREAD_POOL_H
+    const int nt = threads > 0 ? threads : qc_cpu_count();
+#else
+    const int nt = 1;
+    (void)threads;
+#endif
+    const int64_t ldk = (k + k_align - 1) / k_align * k_align;
+    int64_t mb = block_bytes / ldk / 32 * 32;
+    const int64_t even = ((m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt) + 31) / 32 * 32;  /* >= 4 blocks a thread */
+    if (mb > even) mb = even;
+    if (mb < 32) mb = 32;
+    qc_conv_job job = {x, g, c0, cg, pad, m, ldk, mb, block_gemm, gemm, c, ldc, add, 0};
+    QC_RT_PARALLEL_FOR(qc_conv_block, &job, (m + mb - 1) / mb, nt);
+    return job.err;
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* depthwise convolution                                                                 */
 /* ---------------------------------------------------------------------------------- */
 
-/* Weights come blocked by 16 channels, w[cb][tap][16] (int32, channels past c zero), bias
- * padded to whole blocks. Per output pixel and block, the 16 int32 accumulators stay in
+/* Weights come blocked by QC_DW_BLOCK channels, w[cb][tap][QC_DW_BLOCK] (int32, channels past c
+ * zero), bias padded to whole blocks. Per output pixel and block, the int32 accumulators stay in
  * registers over the taps and are requantized there (AVX-512 / AVX2 variants; plain C
  * otherwise); a block never leaves the cache line of its weights. */
-#define QC_DW_BLOCK 16
+#ifndef QC_DW_BLOCK       /* a target setting (c_target.TargetSettings.depthwise_lanes) */
+#define QC_DW_BLOCK 16       /* the x86 vector code below needs 16: one zmm of int32 */
+#endif
 
 typedef struct {
     const uint8_t *x;
@@ -537,7 +634,7 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
             const int32_t *wb, int64_t wi, int32_t ni, int32_t nt, int interior3, int64_t c0, int cnt)
 {
     const int32_t *bias = interior3 ? j->bias3 + c0 : j->bias + c0;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if QC_DW_BLOCK == 16 && defined(__AVX512F__) && defined(__AVX512BW__)
     const int full = cnt == QC_DW_BLOCK;
     const __mmask16 k = full ? (__mmask16)0xFFFF : (__mmask16)((1u << cnt) - 1u);
 #define QC_DW_X(p) _mm512_cvtepu8_epi32(full ? _mm_loadu_si128((const __m128i *)(p)) : _mm_maskz_loadu_epi8(k, (p)))
@@ -573,7 +670,7 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
 #else
     int32_t acc[QC_DW_BLOCK];
     int l0 = 0;
-#if defined(__AVX2__)
+#if QC_DW_BLOCK == 16 && defined(__AVX2__)
     if (cnt == QC_DW_BLOCK) {
         __m256i s0 = _mm256_loadu_si256((const __m256i *)bias), s1 = _mm256_loadu_si256((const __m256i *)(bias + 8));
         const __m256i z = _mm256_set1_epi32(interior3 ? 0 : j->zx);
@@ -615,7 +712,7 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
 #endif
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if QC_DW_BLOCK == 16 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define QC_DW_SLIDING 1
 #define QC_DW_SLIDING_MAX_CHANNELS 64
 /* output columns [lo, hi) of one output row of a 3x3 depthwise with stride s (1 or 2) and its
@@ -724,7 +821,7 @@ static void qc_depthwise_row(const void *ctx, int64_t chunk, int slot)
         } else {
             /* a whole window of another size (5x5) reads bias3 with zx folded too, except in the
              * AVX-512 blocks, whose folded path is the unrolled 3x3 */
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if QC_DW_BLOCK == 16 && defined(__AVX512F__) && defined(__AVX512BW__)
             const int fold = 0;
 #else
             const int fold = ni == g->kh && nt == g->kw;

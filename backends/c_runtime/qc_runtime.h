@@ -33,6 +33,10 @@ static inline void qc_rt_serial_for(qc_rt_chunk_fn fn, const void *ctx, int64_t 
 }
 #endif
 
+/* Kernel error codes (positive; a model returns them as they are). Every C target's runtime
+ * exports qc_rt_gemm_strerror(code) naming them; its GEMM's own codes keep these values. */
+enum { QC_RT_ERR_NULL = 1, QC_RT_ERR_SIZE = 2, QC_RT_ERR_NOMEM = 7 };
+
 /* threads for a kernel of `work` elementary operations: tiny ones stay on the calling thread */
 static inline int qc_rt_threads(int threads, int64_t work)
 {
@@ -136,6 +140,26 @@ QC_RT_EXPORT void qc_rt_im2col(const uint8_t *x, uint8_t *col, const qc_window *
  * (row r = (b * oh + oy) * ow + ox); the building block of blocked convolutions */
 QC_RT_EXPORT void qc_rt_im2col_rows(const uint8_t *x, uint8_t *col, int64_t ldcol, const qc_window *g,
                                     int64_t c0, int64_t cg, uint8_t pad, int64_t r0, int64_t count);
+
+/* One target's GEMM over a block of im2col rows, single-threaded: C[rows, n] = requant(col · Wᵀ +
+ * bias), col of row stride ldk; `add` (NULL: none) has its rows already offset to this block.
+ * `gemm` is the target's own description of the layer. Returns a kernel error code (0 = ok). */
+typedef int (*qc_rt_block_gemm)(const void *gemm, int64_t rows, const uint8_t *col, int64_t ldk, uint8_t *c,
+                                int64_t ldc, const qc_rt_add_params *add);
+
+/* QConv (one group) by blocks of output rows, for every C target: per thread, im2col of a block
+ * of rows [n*oh*ow] (channels [c0, c0 + cg) of the NHWC input x, padded with `pad`, rows of
+ * k = kh*kw*cg bytes rounded up to k_align) into a buffer of about block_bytes that stays in
+ * cache, then that block's GEMM through block_gemm; output rows of stride ldc. The whole im2col
+ * matrix never exists. Returns the first kernel error (0 = success). */
+QC_RT_EXPORT int qc_rt_conv_blocked(const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg, uint8_t pad,
+                                    int64_t k_align, qc_rt_block_gemm block_gemm, const void *gemm, uint8_t *c,
+                                    int64_t ldc, const qc_rt_add_params *add, int64_t block_bytes, int threads);
+
+/* A buffer of at least `bytes` (64-byte aligned) private to the calling thread, grown on first
+ * use and freed when the thread exits, so a model's steady state allocates nothing; the same
+ * buffer is returned to every caller on this thread (NULL when out of memory). */
+QC_RT_EXPORT uint8_t *qc_rt_thread_scratch(size_t bytes);
 
 /* QConv, depthwise (groups == channels, one output per channel): exact int32
  * sum of (x - zx) * w + bias[c], requantized per channel. Weights blocked by 16 channels:

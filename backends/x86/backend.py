@@ -1,29 +1,26 @@
-"""The x86 target: an INTEGER graph → one generated C file per model, linked against the
-x86 runtime library (portable kernels + the int8 GEMM), run by :class:`X86CompiledModel`.
+"""The x86 target: a C target (backends/c_target.py) whose variants are the GEMM ISAs.
 
-    legalize  pick the GEMM ISA (CPUID, narrowed by $QCOMPILER_CPU_FEATURES)
-    emit      backends/c_emitter/ with :class:`X86Gemm` packing weights for that ISA
-    build     runtime library (cached once) + the model's C (cached by content hash)
-    load      :class:`X86CompiledModel`
+What it adds to the shared C layer: the ISA choice (CPUID, narrowed by
+$QCOMPILER_CPU_FEATURES), :class:`X86Gemm` (weights packed for that ISA, the GEMM's C call,
+shifted-view and blocked convolutions, fused residual adds), and its runtime library
+(runtime_library.py: the shared runtime + the int8 GEMM kernels + their glue, one .so per
+vectorization variant).
 """
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
-import torch.fx as fx
 
 from qcompiler.core.qconfig import GRANULARITIES, Capabilities
 
-from .. import cpu, partition, toolchain
-from ..base import Backend
-from ..c_emitter import (SERIAL_BELOW_MACS, BackendUnsupported, GemmLowering, Lowering, Program, RequantArrays,
-                         render)
-from . import gemm
-from .runtime_library import runtime_library
+from .. import cpu
+from ..c_emitter import SERIAL_BELOW_MACS, GemmLowering, Lowering, RequantArrays
+from ..c_target import CTarget, TargetSettings
+from . import gemm, runtime_library
+from .runtime_library import GLUE_DIR
 
 #: integer ops with a kernel here (core.integer_ops.INTEGER_OPS minus conv1d, permute, transpose)
 SUPPORTED_OPS = frozenset({
@@ -177,36 +174,10 @@ class X86Gemm(GemmLowering):
                  "if (rc) return rc;"], "blocked im2col + GEMM", [])
 
 
-@dataclass
-class X86Artifact:
-    """What build() hands to load(): the generated files and the built libraries."""
-
-    program: Program
-    source: str
-    isa: str
-    runtime: Path
-    runtime_flags: list
-    library: Path
-    model_flags: list
-
-
-def model_flags(runtime: Path) -> list[str]:
-    """Link the model against the runtime by path (no SONAME: DT_NEEDED keeps the full path)."""
-    include = runtime_include_dirs()
-    return ["-O2", *(f"-I{d}" for d in include), "-Wl,--no-as-needed", str(runtime)]
-
-
-def runtime_include_dirs() -> list[str]:
-    from .runtime_library import C_RUNTIME_DIR, GLUE_DIR
-    return [str(C_RUNTIME_DIR), str(GLUE_DIR)]
-
-
-MODEL_INCLUDES = ["qc_runtime.h", "qc_rt_elementwise.h", "qc_rt_shapes.h", "qc_rt_transformer.h", "qc_rt_reduce.h",
-                  "qc_x86_gemm_call.h"]
-
-
-class X86Backend(Backend):
+class X86Backend(CTarget):
     name = "x86"
+    settings = TargetSettings(compiler="cc", native_machines=("x86_64", "amd64", "i686", "i386"),
+                              depthwise_lanes=16)   # one zmm of int32 (the AVX-512 depthwise kernels)
 
     @property
     def capabilities(self) -> Capabilities:     # a property: $QCOMPILER_CPU_FEATURES is read per use
@@ -224,86 +195,36 @@ class X86Backend(Backend):
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
-        machine = platform.machine().lower()
-        if machine not in ("x86_64", "amd64", "i686", "i386"):
+        if not cls.runs_natively():
             return False, f"the x86 target needs an x86-64 machine, this one is {platform.machine()}"
-        try:
-            toolchain.find_compiler("cc")
-        except toolchain.ToolchainError as e:
-            return False, str(e)
-        return True, ""
+        return super().availability()
 
-    def __init__(self, isa: Optional[str] = None):
-        self.isa = isa
+    def variant(self) -> str:
+        """The GEMM ISA: the fastest this CPU has (CPUID, narrowed by $QCOMPILER_CPU_FEATURES)."""
+        return choose_isa()
 
-    def legalize(self, gm: fx.GraphModule) -> fx.GraphModule:
-        # NHWC, the u8 shift of int8 activations and weight packing happen in the emitter's
-        # lowering (they change no graph node); here: nothing to rewrite
-        return gm
+    def gemm_lowering(self, variant: str) -> GemmLowering:
+        return X86Gemm(variant)
 
-    def emit_program(self, gm: fx.GraphModule, example_inputs: tuple, name: str = "model",
-                     isa: Optional[str] = None) -> tuple[Program, str, str]:
-        isa = isa or self.isa or choose_isa()
-        program = Lowering(gm, example_inputs, X86Gemm(isa), name=name).run()
-        source = render(program, MODEL_INCLUDES, f"qcompiler x86 model '{name}', GEMM ISA {isa}")
-        return program, source, isa
+    def runtime_headers(self) -> list[Path]:
+        return [*super().runtime_headers(), GLUE_DIR / "qc_x86_gemm_call.h"]
 
-    def build_program(self, program: Program, source: str, isa: str) -> X86Artifact:
-        runtime, runtime_flags = runtime_library(isa)
-        flags = model_flags(runtime)
-        lib = toolchain.build_shared_library(source, flags=flags, name="qc_model")
-        return X86Artifact(program, source, isa, runtime, runtime_flags, lib, flags)
+    def runtime_source(self, variant: str) -> str:
+        return runtime_library.runtime_source(self.runtime_sources(variant))
 
-    def compile(self, gm: fx.GraphModule, example_inputs: tuple, *, threads: Optional[int] = None,
-                name: str = "model", pytorch_fallback: bool = True) -> torch.nn.Module:
-        """One native program when the target covers the whole graph; otherwise native segments
-        joined by PyTorch (backends/partition.py), or, with ``pytorch_fallback=False``, an error
-        naming what it does not cover."""
-        ok, why = self.availability()
-        if not ok:
-            from ..base import BackendUnavailable
-            raise BackendUnavailable(f"target {self.name!r} is not available here: {why}")
-        gm = self.legalize(gm)
-        isa = self.isa or choose_isa()
-        try:
-            emitted = self.emit_program(gm, example_inputs, name, isa)
-        except BackendUnsupported:
-            emitted = None
-        if emitted is not None:
-            return self._load(gm, example_inputs, emitted, threads, name)
-        programs: dict = {}       # segments emitted while planning, reused by the first build
+    def runtime_sources(self, variant: str) -> list[Path]:
+        return [*super().runtime_sources(variant), GLUE_DIR / "qc_x86_gemm_call.h", GLUE_DIR / "qc_x86_gemm_call.c"]
 
-        def try_segment(segment: fx.GraphModule, args: tuple) -> None:
-            programs[id(segment), partition._shapes(args)] = self.emit_program(segment, args, name, isa)
+    def runtime_flags(self, variant: str) -> list[str]:
+        """The flags the runtime was built with (a compiler without VNNI support builds AVX2 and
+        scalar variants with fewer: runtime_library's fallback)."""
+        return self._runtime(variant)[1]
 
-        def compile_segment(segment: fx.GraphModule, args: tuple) -> torch.nn.Module:
-            emitted = programs.pop((id(segment), partition._shapes(args)), None) or \
-                self.emit_program(segment, args, name, isa)
-            return self._load(segment, args, emitted, threads, name, recompile=False)
+    def build_runtime(self, variant: str, as_object: bool = False) -> Path:
+        return self._runtime(variant)[0]
 
-        plan = partition.plan_for(gm, example_inputs, self.capabilities.ops, try_segment)
-        if not pytorch_fallback:
-            raise BackendUnsupported(
-                f"target {self.name!r} does not cover {len(plan.pytorch_nodes)} op(s): "
-                + "; ".join(plan.pytorch_nodes[:12]) + ("; ..." if len(plan.pytorch_nodes) > 12 else "")
-                + ". compile(..., pytorch_fallback=True) (the default) runs them in PyTorch between native "
-                  "segments; docs/supported-ops.md lists what each target covers.")
-        return partition.PartitionedModel(plan, example_inputs, compile_segment, self.name)
-
-    def _load(self, gm, example_inputs, emitted, threads, name, recompile: bool = True) -> torch.nn.Module:
-        from .compiled_model import X86CompiledModel
-
-        program, source, isa = emitted
-        artifact = self.build_program(program, source, isa)
-
-        def recompile_for(batch: int) -> X86CompiledModel:   # same graph, another batch size
-            shaped = tuple(torch.zeros((batch, *x.shape[1:]), dtype=x.dtype) if isinstance(x, torch.Tensor) else x
-                           for x in example_inputs)
-            return X86Backend(isa).compile(gm, shaped, threads=threads, name=name)
-
-        return X86CompiledModel(artifact.library, program.weights, source, isa, threads=threads,
-                                runtime_flags=artifact.runtime_flags, recompile=recompile_for if recompile else None,
-                                model_flags=artifact.model_flags)
+    def _runtime(self, variant: str) -> tuple[Path, list[str]]:
+        return runtime_library.runtime_library(variant, self.runtime_source(variant), self.setting_flags())
 
 
 __all__ = ["X86Backend", "X86Gemm", "choose_isa", "SUPPORTED_OPS"]

@@ -5,6 +5,11 @@
 
 #include <pthread.h>
 
+/* the shared runtime's kernel error codes are the GEMM's */
+_Static_assert((int)QC_RT_ERR_NULL == (int)QC_ERR_NULL && (int)QC_RT_ERR_SIZE == (int)QC_ERR_SIZE &&
+               (int)QC_RT_ERR_NOMEM == (int)QC_ERR_NOMEM,
+               "qc_runtime.h's error codes must equal gemm_common.h's");
+
 /* the GEMM ABI's form of the runtime's fused-add parameters */
 static void qc_post_add_from(qc_post_add *p, const qc_rt_add_params *a)
 {
@@ -65,72 +70,25 @@ int qc_rt_gemm(int32_t isa, int64_t m, int64_t n, int64_t k, const uint8_t *a, i
 /* blocked convolution                                                                   */
 /* ---------------------------------------------------------------------------------- */
 
-/* each thread's im2col block lives in a buffer of its own, grown on first use (a model's
- * steady state allocates nothing) and freed when the thread exits */
-static pthread_key_t qc_conv_key;
-static pthread_once_t qc_conv_once = PTHREAD_ONCE_INIT;
-#define QC_CONV_HEADER 64            /* bytes before the block: its capacity, and alignment */
-
-static void qc_conv_key_init(void) { (void)pthread_key_create(&qc_conv_key, free); }
-
-static uint8_t *qc_conv_scratch(size_t bytes)
-{
-    (void)pthread_once(&qc_conv_once, qc_conv_key_init);
-    size_t *h = (size_t *)pthread_getspecific(qc_conv_key);
-    if (h == NULL || h[0] < bytes) {
-        free(h);
-        (void)pthread_setspecific(qc_conv_key, NULL);
-        const size_t total = (QC_CONV_HEADER + bytes + 63) / 64 * 64;
-        h = (size_t *)aligned_alloc(64, total);
-        if (h == NULL) return NULL;
-        memset(h, 0, total);         /* defined bytes in the K pad the first time too */
-        h[0] = bytes;
-        if (pthread_setspecific(qc_conv_key, h) != 0) { free(h); return NULL; }
-    }
-    return (uint8_t *)h + QC_CONV_HEADER;
-}
-
+/* the layer of a blocked convolution, as qc_rt_conv_blocked hands it to qc_x86_block_gemm */
 typedef struct {
     int32_t isa;
-    const uint8_t *x;
-    const qc_window *g;
-    int64_t c0, cg;
-    uint8_t pad;
-    int64_t m, n, k, ldk, mb;
+    int64_t n, k;
     const void *w;
     int64_t w_bytes;
     int32_t nr, kr, elem;
     const int32_t *bias;
     const qc_rq *rq;
-    uint8_t *c;
-    int64_t ldc;
-    const qc_rt_add_params *add;
-    _Atomic int err;
-} qc_conv_job;
+} qc_x86_conv_layer;
 
-static void qc_conv_block(const void *ctx, int64_t chunk, int slot)
+static int qc_x86_block_gemm(const void *layer, int64_t rows, const uint8_t *col, int64_t ldk, uint8_t *c,
+                             int64_t ldc, const qc_rt_add_params *add)
 {
-    qc_conv_job *j = (qc_conv_job *)ctx;
-    const int64_t r0 = chunk * j->mb, rows = j->m - r0 < j->mb ? j->m - r0 : j->mb;
-    (void)slot;
-    if (atomic_load_explicit(&j->err, memory_order_relaxed) != 0) return;
-    uint8_t *col = qc_conv_scratch((size_t)(j->mb * j->ldk));
-    int err = QC_ERR_NOMEM;
-    if (col != NULL) {
-        qc_rt_im2col_rows(j->x, col, j->ldk, j->g, j->c0, j->cg, j->pad, r0, rows);
-        /* one thread per block (the pool is busy with the blocks: a nested call is serial) */
-        qc_rt_add_params add;               /* the other addend's rows of this block */
-        if (j->add != NULL) {
-            add = *j->add;
-            add.r += r0 * add.ldr;
-        }
-        err = qc_rt_gemm_cols(j->isa, rows, j->n, j->k, col, j->ldk, j->ldk, j->w, j->w_bytes, j->nr, j->kr,
-                              j->elem, j->bias, j->rq, j->c + r0 * j->ldc, j->ldc, j->add ? &add : NULL, 1);
-    }
-    if (err != 0) {
-        int expected = 0;
-        atomic_compare_exchange_strong(&j->err, &expected, err);
-    }
+    const qc_x86_conv_layer *l = (const qc_x86_conv_layer *)layer;
+    /* one thread per block (the pool is busy with the blocks: a nested call is serial); the GEMM
+     * reads whole 64-byte K blocks of the padded rows (a_cols = ldk) */
+    return qc_rt_gemm_cols(l->isa, rows, l->n, l->k, col, ldk, ldk, l->w, l->w_bytes, l->nr, l->kr, l->elem,
+                           l->bias, l->rq, c, ldc, add, 1);
 }
 
 int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg, uint8_t pad,
@@ -139,19 +97,11 @@ int qc_rt_conv_gemm(int32_t isa, const uint8_t *x, const qc_window *g, int64_t c
                     int64_t block_bytes, int threads)
 {
     if (x == NULL || g == NULL || w == NULL || bias == NULL || rq == NULL || c == NULL) return QC_ERR_NULL;
-    const int64_t m = g->n * g->oh * g->ow, k = (int64_t)g->kh * g->kw * cg;
-    if (m <= 0 || k <= 0 || n <= 0 || block_bytes <= 0) return QC_ERR_SIZE;
-    const int nt = threads > 0 ? threads : qc_cpu_count();
+    const int64_t k = (int64_t)g->kh * g->kw * cg;
+    if (k <= 0 || n <= 0) return QC_ERR_SIZE;
+    const qc_x86_conv_layer layer = {isa, n, k, w, w_bytes, nr, kr, elem, bias, rq};
     /* rows padded to whole 64-byte K blocks, so AMX loads the last one in place */
-    const int64_t ldk = (k + 63) / 64 * 64;
-    int64_t mb = block_bytes / ldk / 32 * 32;
-    const int64_t even = ((m + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt) + 31) / 32 * 32;  /* >= 4 blocks a thread */
-    if (mb > even) mb = even;
-    if (mb < 32) mb = 32;
-    qc_conv_job job = {isa, x, g, c0, cg, pad, m, n, k, ldk, mb, w, w_bytes, nr, kr, elem, bias, rq, c, ldc, add, 0};
-    const int64_t blocks = (m + mb - 1) / mb;
-    qc_parallel_for(qc_conv_block, &job, blocks, nt);
-    return atomic_load(&job.err);
+    return qc_rt_conv_blocked(x, g, c0, cg, pad, 64, qc_x86_block_gemm, &layer, c, ldc, add, block_bytes, threads);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -224,7 +174,7 @@ static void qc_shifted_block(const void *ctx, int64_t chunk, int slot)
         p.a = j->x + r0 * lda;
     } else {
         const int64_t span = p.m + j->reach;
-        uint8_t *slab = qc_conv_scratch((size_t)(span * lda + 64));
+        uint8_t *slab = qc_rt_thread_scratch((size_t)(span * lda + 64));
         if (slab == NULL) {
             qc_shifted_fail(j, QC_ERR_NOMEM);
             return;

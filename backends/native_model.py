@@ -1,6 +1,11 @@
-"""The loaded x86 model: an nn.Module around one generated shared library, and its bundle.
+"""The loaded model of every C target: an nn.Module around one generated program, and its bundle.
 
-``X86CompiledModel(x)`` checks every input's shape and dtype before native code runs,
+The program is a shared library called through ctypes (:class:`LibraryProgram`) where the host
+runs the target's code, or an executable run through the target's runner, e.g.
+``qemu-aarch64 -cpu max`` for ARM code on an x86 host (:class:`ExecutableProgram`); both take
+the same checked buffers, so :class:`NativeModel` is the same for every target.
+
+``NativeModel(x)`` checks every input's shape and dtype before native code runs,
 reuses one arena (no allocation per call besides the outputs) and returns float tensors
 (or the output integers with ``return_int=True``). A batch size other than the compiled
 one is compiled on first use (same graph, new shapes) when the module still has its
@@ -10,23 +15,27 @@ graph; a model loaded from a bundle runs only the batch size it was built for.
 ``threads // k`` threads (batch-level parallelism, like OpenVINO's CPU streams): where per-layer
 threading scales poorly (many short, memory-bound steps, as in MobileNetV2) it beats splitting
 every layer across the cores; where big GEMMs scale well (ResNet-18) it loses.
-:meth:`X86CompiledModel.tune_streams` times the choices on the caller's input and keeps the
+:meth:`NativeModel.tune_streams` times the choices on the caller's input and keeps the
 fastest.
 
 ``save(path)`` writes a self-contained bundle (model.c, model.h, weights.bin, the runtime
-source, build.sh, manifest.json); :func:`load_bundle` loads it again without pickles.
+source, qc_model_main.c, a Makefile, manifest.json); :func:`load_bundle` loads it again
+without pickles.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
 import json
-import shutil
-import stat
+import re
+import shlex
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -34,8 +43,8 @@ import torch
 
 from qcompiler.core.embedding_ops import check_indices
 
-from .. import toolchain
-from ..c_emitter import HEADER_BYTES, MODEL_HEADER
+from . import toolchain
+from .c_emitter import HEADER_BYTES, MODEL_HEADER
 
 _DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "float32": torch.float32, "int64": torch.int64}
 _MODEL_ERRORS = {-1: "a required pointer is NULL", -2: "weights do not match this model (size or digest)",
@@ -44,15 +53,44 @@ _MODEL_ERRORS = {-1: "a required pointer is NULL", -2: "weights do not match thi
                  -7: "an input holds NaN or an infinity"}
 #: qc_model_run's code for a non-finite input (the caller then names which one)
 _ERR_NONFINITE = -7
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 
 
 class NativeModelError(RuntimeError):
     pass
 
 
-class _Native:
-    """ctypes view of one model library (the ABI in c_emitter.MODEL_HEADER)."""
+@dataclass
+class NativeArtifact:
+    """What a C target's build() hands to load(): the built program and what it was built from."""
+
+    target: str                 # the registered target name ("x86", "arm+i8mm")
+    path: Path                  # a shared library, or an executable when ``runner`` is set
+    source: str                 # the model's C
+    weights: bytes
+    variant: str                # the code variant it runs ("avx2", "i8mm")
+    model_flags: list           # how the model's C was built (profile() rebuilds it with -DQC_PROFILE)
+    runner: Optional[list] = None   # an executable's command prefix ([] native, qemu-user otherwise)
+
+
+def _check_weights(path: Path, manifest: dict, weights: bytes) -> None:
+    digest = hashlib.sha256(weights[HEADER_BYTES:]).hexdigest()
+    if digest != manifest.get("weights_sha256"):
+        raise NativeModelError(f"{path}: the weights do not match this model (sha256 of the payload "
+                               f"{digest[:16]}..., the model expects {str(manifest.get('weights_sha256'))[:16]}"
+                               "...): a corrupt or foreign weights.bin")
+
+
+def model_error(code: int, kernel_error: Callable[[int], str]) -> str:
+    if code < 0:
+        return _MODEL_ERRORS.get(code, f"error {code}")
+    return f"kernel error {code}: {kernel_error(code)}"
+
+
+class LibraryProgram:
+    """ctypes view of one model library (the ABI in c_emitter.MODEL_HEADER), run in this process."""
+
+    needs_arena = True
 
     def __init__(self, library: Path, weights: bytes):
         self.path = Path(library)
@@ -70,38 +108,121 @@ class _Native:
         self.cdll = cdll
         self.manifest = json.loads(cdll.qc_model_manifest().decode())
         self.weights = bytes(weights)
-        digest = hashlib.sha256(self.weights[HEADER_BYTES:]).hexdigest()
-        if digest != self.manifest.get("weights_sha256"):
-            raise NativeModelError(f"{self.path}: the weights do not match this model (sha256 of the payload "
-                                   f"{digest[:16]}..., the model expects {str(self.manifest.get('weights_sha256'))[:16]}"
-                                   "...): a corrupt or foreign weights.bin")
+        _check_weights(self.path, self.manifest, self.weights)
         code = cdll.qc_model_init(self.weights, len(self.weights))
         if code != 0:
             raise NativeModelError(f"{self.path}: qc_model_init failed: {self.error(code)}")
+        # every C target's runtime names its kernels' error codes (the backend contract)
         self.strerror = cdll.qc_rt_gemm_strerror
         self.strerror.argtypes, self.strerror.restype = [ctypes.c_int], ctypes.c_char_p
+        self.arena_bytes = int(cdll.qc_model_arena_bytes())
 
     def error(self, code: int) -> str:
-        if code < 0:
-            return _MODEL_ERRORS.get(code, f"error {code}")
-        return f"GEMM error {code}: {self.strerror(code).decode()}"
+        return model_error(code, lambda c: self.strerror(c).decode())
+
+    def run(self, xs: list, outs: list, return_int: bool, arena_ptr: int, arena_bytes: int, threads: int) -> int:
+        """One call on contiguous inputs and outputs (checked again on the C side); the return code."""
+        in_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
+        in_numel = (ctypes.c_int64 * max(len(xs), 1))(*[x.numel() for x in xs])
+        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.data_ptr() for o in outs])
+        out_numel = (ctypes.c_int64 * max(len(outs), 1))(*[o.numel() for o in outs])
+        return self.cdll.qc_model_run_checked(in_ptrs, in_numel, len(xs), out_ptrs, out_numel, len(outs),
+                                              int(return_int), arena_ptr, arena_bytes, threads)
 
 
-class X86CompiledModel(torch.nn.Module):
-    """A model compiled for x86: float NCHW tensors in, float tensors out."""
+class ExecutableProgram:
+    """One model built as a program (backends/c_runtime/qc_model_main.c), run per call through
+    ``runner`` (e.g. ``qemu-aarch64 -cpu max``): inputs and outputs cross as files of raw bytes
+    in a private temporary directory; the program allocates its own arena."""
 
-    def __init__(self, library: Path, weights: bytes, source: str, isa: str, *, threads: Optional[int] = None,
-                 runtime_flags: Optional[list] = None, recompile: Optional[Callable[[int], "X86CompiledModel"]] = None,
-                 model_flags: Optional[list] = None):
+    needs_arena = False
+    _ERROR = re.compile(r"qc_model_main: error (-?\d+): (.*)")
+
+    def __init__(self, executable: Path, weights: bytes, runner: list):
+        self.path = Path(executable)
+        self.runner = list(runner)
+        self.weights = bytes(weights)
+        self._dir = tempfile.TemporaryDirectory(prefix="qc-native-")
+        self._weights_file = Path(self._dir.name) / "weights.bin"
+        self._weights_file.write_bytes(self.weights)
+        self.manifest = json.loads(self._call(["manifest"]).stdout)
+        _check_weights(self.path, self.manifest, self.weights)
+        self.arena_bytes = int(self.manifest["arena_bytes"])
+        self._messages: dict[int, str] = {}
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def _call(self, args: list) -> subprocess.CompletedProcess:
+        command = [*self.runner, str(self.path), *args]
+        try:
+            return subprocess.run(command, capture_output=True, text=True, check=True)
+        except OSError as e:
+            raise NativeModelError(f"cannot run {shlex.join(command)}: {e}") from None
+        except subprocess.CalledProcessError as e:
+            match = self._ERROR.search(e.stderr or "")
+            if match and int(match.group(1)) != 0:
+                raise _ProgramFailed(int(match.group(1)), match.group(2)) from None
+            raise NativeModelError(f"{shlex.join(command)} failed with status {e.returncode}: "
+                                   f"{(e.stderr or e.stdout or '').strip()[-2000:]}") from None
+
+    def error(self, code: int) -> str:
+        return model_error(code, lambda c: self._messages.get(c, "(no message)"))
+
+    def run(self, xs: list, outs: list, return_int: bool, arena_ptr: int, arena_bytes: int, threads: int) -> int:
+        with self._lock:
+            self._calls += 1
+            call = self._calls
+        folder = Path(self._dir.name)
+        inputs, outputs = folder / f"in{call}.bin", folder / f"out{call}.bin"
+        try:
+            inputs.write_bytes(b"".join(x.numpy().tobytes() for x in xs))
+            try:
+                self._call(["run", str(self._weights_file), str(inputs), str(outputs),
+                            "int" if return_int else "float", str(threads)])
+            except _ProgramFailed as failed:
+                self._messages[failed.code] = failed.message
+                return failed.code
+            data = outputs.read_bytes()
+            offset = 0
+            for o in outs:
+                n = o.numel() * o.element_size()
+                o.copy_(torch.frombuffer(bytearray(data[offset:offset + n]), dtype=o.dtype).reshape(o.shape))
+                offset += n
+            if offset != len(data):
+                raise NativeModelError(f"{self.path} wrote {len(data)} bytes of outputs, expected {offset}")
+            return 0
+        finally:
+            inputs.unlink(missing_ok=True)
+            outputs.unlink(missing_ok=True)
+
+
+class _ProgramFailed(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def open_program(artifact: NativeArtifact):
+    if artifact.runner is None:
+        return LibraryProgram(artifact.path, artifact.weights)
+    return ExecutableProgram(artifact.path, artifact.weights, artifact.runner)
+
+
+class NativeModel(torch.nn.Module):
+    """A model compiled for a C target: float NCHW tensors in, float tensors out."""
+
+    def __init__(self, artifact: NativeArtifact, *, threads: Optional[int] = None,
+                 recompile: Optional[Callable[[int], "NativeModel"]] = None, bundle_writer=None):
         super().__init__()
-        self.native = _Native(library, weights)
-        self.model_flags = model_flags          # how the model's C was built (for profile())
-        self.source = source
-        self.isa = isa
-        self.runtime_flags = runtime_flags
+        self.artifact = artifact
+        self.native = open_program(artifact)
+        self.target = artifact.target
+        self.source = artifact.source
+        self.variant = artifact.variant
         self.threads = threads
         self._recompile = recompile
-        self._by_batch: dict[int, X86CompiledModel] = {}
+        self._bundle_writer = bundle_writer       # the target's save(): writes the bundle's build files
+        self._by_batch: dict[int, NativeModel] = {}
         self._compile_lock = threading.Lock()
         man = self.native.manifest
         self.input_shapes = [tuple(s["shape"]) for s in man["inputs"]]
@@ -111,8 +232,8 @@ class X86CompiledModel(torch.nn.Module):
         self.output_specs = man["outputs"]
         self.tuple_output = bool(man.get("tuple_output"))
         self.batch = self.input_shapes[0][0] if self.input_shapes and self.input_shapes[0] else 1
-        # the arena: one per module, 64-byte aligned, reused by every call
-        self._arena_bytes = nbytes = int(self.native.cdll.qc_model_arena_bytes())
+        # the arena: one per module, 64-byte aligned, reused by every call (an executable has its own)
+        self._arena_bytes = nbytes = self.native.arena_bytes if self.native.needs_arena else 0
         self._arena_owner = torch.empty(nbytes + 64, dtype=torch.uint8)
         self._arena_ptr = self._arena_owner.data_ptr() + (-self._arena_owner.data_ptr()) % 64
         # ctypes releases the GIL: calls from two Python threads must not share the arena at once
@@ -121,12 +242,17 @@ class X86CompiledModel(torch.nn.Module):
         self._stream_pool: Optional[tuple] = None    # (streams, executor, arena owners) when > 1
 
     @property
+    def isa(self) -> str:
+        """The code variant (x86: the GEMM ISA; ARM: the NEON level)."""
+        return self.variant
+
+    @property
     def manifest(self) -> dict:
         return self.native.manifest
 
     def describe(self) -> str:
         """What runs where (as PartitionedModel.describe): here, all of it in one native program."""
-        return (f"1 x86 program ({int(self.native.cdll.qc_model_num_steps())} steps, {self.isa}), "
+        return (f"1 {self.target} program ({self.manifest['steps']} steps, {self.variant}), "
                 "0 op(s) in PyTorch, 0 boundary crossing(s) per call")
 
     def _threads(self) -> int:
@@ -156,7 +282,7 @@ class X86CompiledModel(torch.nn.Module):
             checked.append(x.detach().to(dtype).contiguous())
         return checked
 
-    def _for_batch(self, n: int) -> "X86CompiledModel":
+    def _for_batch(self, n: int) -> "NativeModel":
         """The module of this graph for batch size ``n``, compiled on first use."""
         if n == self.batch:
             return self
@@ -168,7 +294,7 @@ class X86CompiledModel(torch.nn.Module):
                 self._by_batch[n] = self._recompile(n)
         return self._by_batch[n]
 
-    def _other_batch(self, inputs: tuple) -> Optional["X86CompiledModel"]:
+    def _other_batch(self, inputs: tuple) -> Optional["NativeModel"]:
         """The module for another batch size, compiled on first use (when that is possible)."""
         if not inputs or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() == 0:
             return None
@@ -212,12 +338,7 @@ class X86CompiledModel(torch.nn.Module):
 
     def _run(self, xs: list, outs: list, return_int: bool, arena_ptr: int, arena_bytes: int, threads: int):
         """One native call on contiguous inputs and outputs (checked again on the C side)."""
-        in_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
-        in_numel = (ctypes.c_int64 * max(len(xs), 1))(*[x.numel() for x in xs])
-        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.data_ptr() for o in outs])
-        out_numel = (ctypes.c_int64 * max(len(outs), 1))(*[o.numel() for o in outs])
-        code = self.native.cdll.qc_model_run_checked(in_ptrs, in_numel, len(xs), out_ptrs, out_numel, len(outs),
-                                                     int(return_int), arena_ptr, arena_bytes, threads)
+        code = self.native.run(xs, outs, return_int, arena_ptr, arena_bytes, threads)
         if code == _ERR_NONFINITE:
             bad = next((i for i, x in enumerate(xs) if x.is_floating_point() and not bool(torch.isfinite(x).all())), None)
             raise ValueError(f"input {bad} holds NaN or an infinity: no integer stands for them, so the quantized model "
@@ -305,13 +426,14 @@ class X86CompiledModel(torch.nn.Module):
         other = self._other_batch(inputs)
         if other is not None:               # as forward: another batch size runs its own build
             return other.profile(*inputs, repeats=repeats, warmup=warmup)
-        if self.model_flags is None:
-            raise RuntimeError("profile() needs the flags the model was built with; compile the model "
-                               "with qcompiler.compile (or load_bundle) first")
+        if not self.native.needs_arena:
+            raise NotImplementedError(f"profile() times each step in this process; this {self.target} model runs "
+                                      f"as a program through {self.artifact.runner or 'its runner'}, where per-step "
+                                      "times are not measured (run it on the target's own hardware)")
         xs = self.check_inputs(inputs)
-        lib = toolchain.build_shared_library(self.source, flags=[*self.model_flags, "-DQC_PROFILE"],
+        lib = toolchain.build_shared_library(self.source, flags=[*self.artifact.model_flags, "-DQC_PROFILE"],
                                              name="qc_model_profile")
-        native = _Native(lib, self.native.weights)
+        native = LibraryProgram(lib, self.native.weights)
         cdll = native.cdll
         cdll.qc_model_profile.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.c_int]
         cdll.qc_model_profile.restype = ctypes.c_int
@@ -336,63 +458,46 @@ class X86CompiledModel(torch.nn.Module):
     # -- bundles ---------------------------------------------------------------------------
 
     def save(self, path) -> Path:
-        """Write a self-contained bundle directory (buildable with plain gcc: build.sh)."""
-        from .runtime_library import MODEL_HEADERS, runtime_flags, runtime_source
-
+        """Write a self-contained bundle directory: model.c, weights.bin, the target's runtime source,
+        qc_model_main.c (a program that runs one inference from files) and a Makefile whose
+        compiler is configurable (``make CC=aarch64-linux-gnu-gcc``); :func:`load_bundle` reads it."""
+        if self._bundle_writer is None:
+            raise RuntimeError("this model has no target to write its bundle's build files; compile it with "
+                               "qcompiler.compile")
         out = Path(path)
         (out / "runtime").mkdir(parents=True, exist_ok=True)
         (out / "model.c").write_text(self.source)
         (out / "model.h").write_text(MODEL_HEADER)
         (out / "weights.bin").write_bytes(self.native.weights)
-        (out / "runtime" / "qc_x86_runtime.c").write_text(runtime_source())
-        for header in MODEL_HEADERS:
-            shutil.copyfile(header, out / "runtime" / header.name)
-        flags = self.runtime_flags or runtime_flags(self.isa)
-        manifest = {"format": BUNDLE_FORMAT, "target": "x86", "isa": self.isa, "runtime_flags": flags,
+        build = self._bundle_writer(out)
+        manifest = {"format": BUNDLE_FORMAT, "target": self.target, "variant": self.variant, **build,
                     **self.native.manifest}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        script = out / "build.sh"
-        script.write_text(_build_script(flags))
-        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         return out
 
 
-def _build_script(flags: list[str]) -> str:
-    return f"""#!/bin/sh
-# Builds libqc_model.so from this bundle with plain gcc (one library: runtime + GEMM + model).
-# -ffp-contract=off is required: requantization must not be contracted into FMAs.
-set -e
-cd "$(dirname "$0")"
-CC="${{CC:-gcc}}"
-"$CC" -shared -fPIC -ffp-contract=off {' '.join(flags)} -Iruntime \\
-    runtime/qc_x86_runtime.c model.c -o libqc_model.so
-echo "built $(pwd)/libqc_model.so"
-"""
-
-
-def load_bundle(path, *, threads: Optional[int] = None) -> X86CompiledModel:
-    """Load a bundle written by :meth:`X86CompiledModel.save` (builds it through the cache)."""
-    from .backend import model_flags
-    from .runtime_library import runtime_name
-
-    root = Path(path)
+def read_bundle_manifest(root: Path) -> dict:
     try:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{root / 'manifest.json'}: not a readable bundle manifest ({type(exc).__name__}: {exc}); "
-                         "save the model again (X86CompiledModel.save)") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT or manifest.get("target") != "x86":
-        raise ValueError(f"{root} is not an x86 bundle of format {BUNDLE_FORMAT}")
-    runtime_src = (root / "runtime" / "qc_x86_runtime.c").read_text()
-    runtime = toolchain.build_shared_library(runtime_src, flags=manifest["runtime_flags"],
-                                             name=runtime_name(manifest["isa"]))
-    source = (root / "model.c").read_text()
-    flags = [f for f in model_flags(runtime) if not f.startswith("-I")] + [f"-I{(root / 'runtime').resolve()}"]
+                         "save the model again (NativeModel.save)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT or "target" not in manifest:
+        raise ValueError(f"{root} is not a qcompiler bundle of format {BUNDLE_FORMAT} (save the model again "
+                         "with this version)")
+    return manifest
+
+
+def load_bundle(path, *, threads: Optional[int] = None) -> NativeModel:
+    """Load a bundle written by :meth:`NativeModel.save`: its target builds it (through the build
+    cache) and runs it as the compiled model did; it runs the batch size it was built for."""
+    from . import get_backend
+
+    root = Path(path)
+    manifest = read_bundle_manifest(root)
     try:
-        lib = toolchain.build_shared_library(source, flags=flags, name="qc_model")
-        weights = (root / "weights.bin").read_bytes()
-        model = X86CompiledModel(lib, weights, source, manifest["isa"], threads=threads,
-                                 runtime_flags=manifest["runtime_flags"], model_flags=flags)
+        artifact = get_backend(manifest["target"]).build_bundle(root, manifest)
+        model = get_backend(manifest["target"]).load_artifact(artifact, threads=threads)
     except (toolchain.ToolchainError, NativeModelError, OSError) as exc:
         raise type(exc)(f"bundle {root} (model.c, weights.bin): {exc}") from exc
     if model.manifest.get("weights_sha256") != manifest.get("weights_sha256"):

@@ -1,0 +1,277 @@
+"""What every C target shares: legalize → emit → build → load over the shared C emitter and runtime.
+
+A C target (x86, ARM, the next one) is a subclass that supplies only what differs:
+
+- ``settings`` (:class:`TargetSettings`): the toolchain entry that builds its code, and the
+  layout facts the shared emitter and runtime read;
+- ``variant()``: the code variant to build here (x86: the GEMM ISA; ARM: the NEON level);
+- ``gemm_lowering(variant)``: its :class:`GemmLowering` (weight packing, the GEMM's C call);
+- ``runtime_sources(variant)`` / ``runtime_flags(variant)`` / ``runtime_headers()``: its runtime
+  library: the shared ``c_runtime`` files plus its kernels and their glue.
+
+The steps:
+
+    legalize  record every node's value for the example shapes (core.shapes.propagate_values):
+              emit reads shapes, numbers and constants from the nodes, not from a run of its own
+    emit      c_emitter.Lowering with the target's GemmLowering → the model's C + weights blob
+    build     the runtime (once per variant, cached by content) and the model: a shared library
+              where the host runs the target's code, else a static program run through the
+              toolchain's runner (qemu-user), both through backends/toolchain.py's cache
+    load      :class:`NativeModel`, the same class for every C target
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from qcompiler.core.shapes import propagate_values
+
+from . import toolchain
+from .base import Backend
+from .c_emitter import GemmLowering, Lowering, render
+from .native_model import NativeArtifact, NativeModel
+
+C_RUNTIME_DIR = Path(__file__).resolve().parent / "c_runtime"
+#: the runtime's op families beside qc_runtime.c (header, source), each its own file
+FAMILIES = ("elementwise", "shapes", "transformer", "reduce")
+#: the shared runtime, in translation-unit order, and the headers every model includes
+SHARED_RUNTIME_FILES = (C_RUNTIME_DIR / "qc_runtime.h", C_RUNTIME_DIR / "qc_runtime.c",
+                        *(C_RUNTIME_DIR / f"qc_rt_{f}{ext}" for f in FAMILIES for ext in (".h", ".c")))
+SHARED_MODEL_HEADERS = (C_RUNTIME_DIR / "qc_runtime.h", *(C_RUNTIME_DIR / f"qc_rt_{f}.h" for f in FAMILIES))
+#: a program that runs one inference from files (executables under an emulator, device bundles)
+MODEL_MAIN = C_RUNTIME_DIR / "qc_model_main.c"
+MODEL_FLAGS = ("-O2",)
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """The facts of a C target that the shared layer reads, each in one place.
+
+    Storage is not a setting: the shared runtime keeps every activation as uint8 (an int8
+    value stored + 128); a target whose GEMM takes signed operands flips the sign bit where it
+    packs A (ARM: one ``eor`` per 16 bytes, inside the packing it does anyway)."""
+
+    #: the toolchain entry that builds and runs its code (backends/toolchain.py: "cc", "aarch64")
+    compiler: str = "cc"
+    #: host machines (platform.machine()) that run its code natively: the model is then a shared
+    #: library called in-process; elsewhere a static program run through toolchain.runner()
+    native_machines: tuple = ("x86_64", "amd64")
+    #: channels per block of the depthwise weight layout ([C / lanes][taps][lanes] int32): the
+    #: vector of int32 accumulators the runtime keeps per block (QC_DW_BLOCK in qc_runtime.c)
+    depthwise_lanes: int = 16
+
+
+class CTarget(Backend):
+    settings: TargetSettings = TargetSettings()
+
+    def __init__(self, variant: Optional[str] = None, *, threads: Optional[int] = None, name: str = "model"):
+        self._variant = variant
+        self.threads = threads
+        self.name_in_code = name
+
+    # -- what a target supplies -------------------------------------------------------------
+
+    def variant(self) -> str:
+        raise NotImplementedError
+
+    def gemm_lowering(self, variant: str) -> GemmLowering:
+        raise NotImplementedError
+
+    def runtime_sources(self, variant: str) -> list[Path]:
+        """C files of the runtime library, in translation-unit order (headers first)."""
+        return list(SHARED_RUNTIME_FILES)
+
+    def runtime_flags(self, variant: str) -> list[str]:
+        return [*toolchain.DEFAULT_FLAGS, *self.setting_flags()]
+
+    def setting_flags(self) -> list[str]:
+        """The settings the runtime's C reads, as -D flags."""
+        return [f"-DQC_DW_BLOCK={self.settings.depthwise_lanes}"]
+
+    def runtime_headers(self) -> list[Path]:
+        """Headers a generated model includes (copied into bundles)."""
+        return list(SHARED_MODEL_HEADERS)
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        try:
+            toolchain.find_compiler(cls.settings.compiler)
+            if not cls.runs_natively():
+                toolchain.runner(cls.settings.compiler)
+        except toolchain.ToolchainError as e:
+            return False, str(e)
+        return True, ""
+
+    # -- the contract -------------------------------------------------------------------------
+
+    @classmethod
+    def runs_natively(cls) -> bool:
+        return platform.machine().lower() in cls.settings.native_machines
+
+    def current_variant(self) -> str:
+        return self._variant or self.variant()
+
+    def legalize(self, gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphModule:
+        propagate_values(gm, example_inputs)
+        return gm
+
+    def emit(self, gm: fx.GraphModule) -> "GeneratedModel":
+        variant = self.current_variant()
+        lowering = Lowering(gm, self.gemm_lowering(variant), name=self.name_in_code,
+                            depthwise_lanes=self.settings.depthwise_lanes)
+        program = lowering.run()
+        headers = [h.name for h in self.runtime_headers()]
+        source = render(program, headers, f"qcompiler {self.name} model '{self.name_in_code}', {variant}")
+        return GeneratedModel(source, program.weights, variant)
+
+    def build(self, generated: "GeneratedModel") -> NativeArtifact:
+        variant = generated.variant
+        if self.runs_natively():
+            runtime = self.build_runtime(variant)
+            flags = [*MODEL_FLAGS, *self._include_flags(), "-Wl,--no-as-needed", str(runtime)]
+            path = toolchain.build_shared_library(generated.source, flags=flags, name="qc_model",
+                                                  kind=self.settings.compiler)
+            runner = None
+        else:
+            runtime = self.build_runtime(variant, as_object=True)
+            flags = [*MODEL_FLAGS, *self._include_flags(), str(runtime), "-static", "-pthread", "-lm"]
+            path = toolchain.build_executable(generated.source + "\n" + MODEL_MAIN.read_text(), flags=flags,
+                                              name="qc_model_main", kind=self.settings.compiler)
+            runner = toolchain.runner(self.settings.compiler)
+        return NativeArtifact(self.name, path, generated.source, generated.weights, variant, flags, runner)
+
+    def load(self, gm: fx.GraphModule, artifact: NativeArtifact) -> NativeModel:
+        return self.load_artifact(artifact, threads=self.threads)
+
+    def load_artifact(self, artifact: NativeArtifact, *, threads: Optional[int] = None) -> NativeModel:
+        return NativeModel(artifact, threads=threads,
+                           bundle_writer=functools.partial(self.write_bundle, artifact.variant))
+
+    def compile_whole(self, gm: fx.GraphModule, example_inputs: tuple) -> NativeModel:
+        """One program; another batch size compiles the same graph again on first use."""
+        model = super().compile_whole(gm, example_inputs)
+
+        def recompile_for(batch: int) -> NativeModel:
+            shaped = tuple(torch.zeros((batch, *x.shape[1:]), dtype=x.dtype) if isinstance(x, torch.Tensor) else x
+                           for x in example_inputs)
+            return type(self)(self.current_variant(), threads=self.threads,
+                              name=self.name_in_code).compile_whole(gm, shaped)
+
+        model._recompile = recompile_for
+        return model
+
+    def compile(self, gm: fx.GraphModule, example_inputs: tuple, *, pytorch_fallback: bool = True,
+                threads: Optional[int] = None, name: Optional[str] = None) -> torch.nn.Module:
+        if threads is not None:
+            self.threads = threads
+        if name is not None:
+            self.name_in_code = name
+        return super().compile(gm, example_inputs, pytorch_fallback=pytorch_fallback)
+
+    # -- the runtime library ----------------------------------------------------------------------
+
+    def runtime_source(self, variant: str) -> str:
+        """The runtime as one translation unit (see :func:`join_sources`)."""
+        return join_sources(self.runtime_sources(variant))
+
+    def build_runtime(self, variant: str, as_object: bool = False) -> Path:
+        """The runtime library for ``variant`` (an object file to link into a static program with
+        ``as_object``), built on first use and cached by content."""
+        build = toolchain.build_object if as_object else toolchain.build_shared_library
+        return build(self.runtime_source(variant), flags=self.runtime_flags(variant),
+                     name=f"qc_rt_{self.name.replace('+', '_')}_{variant}", kind=self.settings.compiler)
+
+    def _include_flags(self) -> list[str]:
+        return [f"-I{d}" for d in dict.fromkeys(str(h.parent) for h in self.runtime_headers())]
+
+    # -- bundles ------------------------------------------------------------------------------------
+
+    def write_bundle(self, variant: str, out: Path) -> dict:
+        """The build half of a bundle (NativeModel.save writes the model's half): the runtime as
+        one C file, the headers, qc_model_main.c and a Makefile; returns what the manifest keeps."""
+        runtime_c = f"qc_runtime_{self.name.replace('+', '_')}.c"
+        (out / "runtime" / runtime_c).write_text(self.runtime_source(variant))
+        for header in self.runtime_headers():
+            (out / "runtime" / header.name).write_text(header.read_text())
+        (out / "qc_model_main.c").write_text(MODEL_MAIN.read_text())
+        flags = self.runtime_flags(variant)
+        (out / "Makefile").write_text(_makefile(self.name, variant, runtime_c, flags,
+                                                toolchain.find_compiler(self.settings.compiler),
+                                                static=not self.runs_natively()))
+        return {"runtime": f"runtime/{runtime_c}", "runtime_flags": flags}
+
+    def build_bundle(self, root: Path, manifest: dict) -> NativeArtifact:
+        """The artifact of a saved bundle, built from its own files through the build cache."""
+        variant = manifest["variant"]
+        runtime_src = (root / manifest["runtime"]).read_text()
+        model_src = (root / "model.c").read_text()
+        include = [f"-I{(root / 'runtime').resolve()}"]
+        build = toolchain.build_object if not self.runs_natively() else toolchain.build_shared_library
+        runtime = build(runtime_src, flags=manifest["runtime_flags"],
+                        name=f"qc_rt_{self.name.replace('+', '_')}_{variant}", kind=self.settings.compiler)
+        weights = (root / "weights.bin").read_bytes()
+        if self.runs_natively():
+            flags = [*MODEL_FLAGS, *include, "-Wl,--no-as-needed", str(runtime)]
+            path = toolchain.build_shared_library(model_src, flags=flags, name="qc_model", kind=self.settings.compiler)
+            return NativeArtifact(self.name, path, model_src, weights, variant, flags)
+        flags = [*MODEL_FLAGS, *include, str(runtime), "-static", "-pthread", "-lm"]
+        path = toolchain.build_executable(model_src + "\n" + (root / "qc_model_main.c").read_text(), flags=flags,
+                                          name="qc_model_main", kind=self.settings.compiler)
+        return NativeArtifact(self.name, path, model_src, weights, variant, flags,
+                              toolchain.runner(self.settings.compiler))
+
+
+@dataclass
+class GeneratedModel:
+    """What emit() returns: the model's C, its weights blob, and the variant it was emitted for."""
+
+    source: str
+    weights: bytes
+    variant: str
+
+
+def join_sources(files: list[Path]) -> str:
+    """C files as one translation unit, their local includes dropped (each file is already in the
+    unit, in dependency order); a #line per file keeps diagnostics pointing at it."""
+    include = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+    parts = []
+    for path in files:
+        lines = [line for line in path.read_text().splitlines() if not include.match(line)]
+        parts.append(f'#line 1 "{path.name}"\n' + "\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def _makefile(target: str, variant: str, runtime_c: str, flags: list, cc: str, static: bool) -> str:
+    ldflags = "-static " if static else ""
+    return f"""# qcompiler bundle: target {target} ({variant}).
+#   make                     builds libqc_model.so and qc_model_main with CC ({cc})
+#   make CC=<compiler>       another compiler for the same target (CFLAGS_EXTRA=...: more flags)
+#   ./qc_model_main run weights.bin inputs.bin outputs.bin [int|float] [threads]
+# -ffp-contract=off is required: requantization must not be contracted into FMAs.
+ifeq ($(origin CC),default)
+CC = {Path(cc).name}
+endif
+CFLAGS = -ffp-contract=off {' '.join(flags)} -Iruntime $(CFLAGS_EXTRA)
+LDFLAGS ?= {ldflags}-pthread -lm
+SOURCES = runtime/{runtime_c} model.c
+
+all: libqc_model.so qc_model_main
+
+libqc_model.so: $(SOURCES)
+\t$(CC) -shared -fPIC $(CFLAGS) $(SOURCES) -o $@ -pthread -lm
+
+qc_model_main: $(SOURCES) qc_model_main.c
+\t$(CC) $(CFLAGS) $(SOURCES) qc_model_main.c -o $@ $(LDFLAGS)
+
+clean:
+\trm -f libqc_model.so qc_model_main
+
+.PHONY: all clean
+"""
