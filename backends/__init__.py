@@ -32,4 +32,9 @@ from .x86 import X86Backend  # noqa: E402  (after the registry exists: x86 impor
 
 register(X86Backend)
 
+from .arm import ARM_BACKENDS  # noqa: E402
+
+for _arm in ARM_BACKENDS:
+    register(_arm)
+
 __all__ = ["Backend", "BackendUnavailable", "register", "get_backend", "available_targets"]

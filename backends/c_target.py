@@ -35,7 +35,7 @@ from qcompiler.core.shapes import propagate_values
 
 from . import toolchain
 from .base import Backend
-from .c_emitter import GemmLowering, Lowering, render
+from .c_emitter import EMITTED_OPS, GemmLowering, Lowering, render
 from .native_model import NativeArtifact, NativeModel
 
 C_RUNTIME_DIR = Path(__file__).resolve().parent / "c_runtime"

@@ -1,7 +1,7 @@
 """The ARM GEMM glue (backends/arm/runtime/qc_arm_gemm_call.c) and the Python weight packer
 (backends/arm/gemm.py) against qcompiler's reference.
 
-Per level, one runtime unit (qcompiler.backends.arm.gemm.library_source(level, runtime=True):
+Per level, one runtime unit (qcompiler.backends.arm.gemm.library_source(level, runtime=SHARED_RUNTIME_FILES):
 thread pool, the kernels that level's -march allows, the glue, the shared C runtime) plus a
 batch driver is cross-compiled for aarch64 and run under qemu (natively on an aarch64 host),
 one process per level and batch. Each case checks, byte for byte:
@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompiler.backends import toolchain
+from qcompiler.backends.c_target import SHARED_RUNTIME_FILES
 from qcompiler.backends.arm import gemm
 from qcompiler.core.integer_ops import QLinear
 from qcompiler.core.qtypes import INT8, INT8_NARROW, UINT8, QParams
@@ -55,7 +56,7 @@ def _available_levels():
 
 def _driver_source(level):
     lines = [ln for ln in DRIVER.read_text().splitlines() if not gemm._INCLUDE.match(ln)]
-    return gemm.library_source(level, runtime=True) + '#line 1 "qc_arm_rt_test_driver.c"\n' + "\n".join(lines) + "\n"
+    return gemm.library_source(level, runtime=SHARED_RUNTIME_FILES) + '#line 1 "qc_arm_rt_test_driver.c"\n' + "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -316,4 +317,4 @@ def test_library_source_compiles_only_the_levels_march_allows():
         assert src.index("QC_THREAD_POOL_H") < src.index("QC_RUNTIME_H")
         assert ("qc_arm_gemm_dotprod.c" in src) == (level != "neon")
         assert ("qc_arm_gemm_i8mm.c" in src) == (level == "i8mm")
-        assert "qc_rt_shapes.c" not in src and "qc_rt_shapes.c" in gemm.library_source(level, runtime=True)
+        assert "qc_rt_shapes.c" not in src and "qc_rt_shapes.c" in gemm.library_source(level, runtime=SHARED_RUNTIME_FILES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -90,15 +91,10 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*(?:/\*.*\*/\s*|//.*)?$')
 _INCLUDE_DIRS = (KERNELS_DIR, GLUE_DIR, C_RUNTIME_DIR)
 
 
-#: the shared runtime's sources (backends/c_runtime), after the GEMM in a level's runtime unit
-C_RUNTIME_SOURCES = ("qc_runtime.c", "qc_rt_elementwise.c", "qc_rt_shapes.c", "qc_rt_transformer.c",
-                     "qc_rt_reduce.c")
-
-
-def library_source(level: str, *, runtime: bool = False) -> str:
+def library_source(level: str, runtime: Sequence[Path] = ()) -> str:
     """The level's GEMM as one C text: the thread pool first (so that qc_runtime.h's parallel
-    loops use it), the kernels its -march allows, then the glue (qc_arm_gemm_call.c); with
-    ``runtime``, the shared runtime's sources after them (one runtime build per level). Local
+    loops use it), the kernels its -march allows, then the glue (qc_arm_gemm_call.c), then the
+    ``runtime`` files (the shared runtime's sources: one runtime build per level). Local
     includes are expanded once each, ``#line`` keeping diagnostics on the original files.
     Compile with ``-march=<spec(level).march>``."""
     seen: set[Path] = set()
@@ -121,7 +117,6 @@ def library_source(level: str, *, runtime: bool = False) -> str:
         return out
 
     lines = []
-    for name in ("qc_thread_pool.h", *spec(level).kernels, "qc_arm_gemm_call.c",
-                 *(C_RUNTIME_SOURCES if runtime else ())):
+    for name in ("qc_thread_pool.h", *spec(level).kernels, "qc_arm_gemm_call.c", *(p.name for p in runtime)):
         lines.extend(expand(name))
     return "\n".join(lines) + "\n"

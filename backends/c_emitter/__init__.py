@@ -28,7 +28,7 @@ arena size. ``qc_model_run_int`` writes each output as the integers the final De
 """
 from .literals import c_float, c_ident
 from .lower_gemm_ops import DEPTHWISE_MAX_CHANNELS
-from .lowering import RESHAPES, SERIAL_BELOW_MACS, Lowering
+from .lowering import EMITTED_OPS, RESHAPES, SERIAL_BELOW_MACS, Lowering
 from .program import (BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step, stored,
                       unsupported)
 from .render import MODEL_HEADER, manifest, render
@@ -36,5 +36,5 @@ from .weights import HEADER_BYTES, WEIGHTS_TAG, WeightsBlob
 
 __all__ = ["BackendUnsupported", "GemmLowering", "Lowering", "Program", "RequantArrays", "QTensor", "Step",
            "IOSpec", "WeightsBlob", "render", "manifest", "MODEL_HEADER", "SERIAL_BELOW_MACS",
-           "DEPTHWISE_MAX_CHANNELS", "RESHAPES", "HEADER_BYTES", "WEIGHTS_TAG", "c_float", "c_ident", "stored",
+           "DEPTHWISE_MAX_CHANNELS", "EMITTED_OPS", "RESHAPES", "HEADER_BYTES", "WEIGHTS_TAG", "c_float", "c_ident", "stored",
            "unsupported"]

@@ -36,6 +36,19 @@ ERR_NONFINITE = "QC_MODEL_ERR_NONFINITE"
 #: value-preserving ops that only change the shape (run as an alias of the same bytes)
 RESHAPES = frozenset({"flatten", "unflatten", "reshape", "squeeze", "unsqueeze", "dropout", "identity"})
 
+#: every op this emitter lowers (capability names of core.integer_ops.INTEGER_OPS and core.op_table):
+#: a C target covers these when its GemmLowering and runtime are complete
+EMITTED_OPS = frozenset({
+    "quantize", "dequantize", "requantize", "conv2d", "linear", "add", "mul", "avg_pool2d",
+    "adaptive_avg_pool2d", "cat", "max_pool2d", "relu", "clamp", *RESHAPES,
+    "lookup",                                            # 256-entry tables (lower_elementwise.py)
+    "matmul", "softmax", "layer_norm", "conv1d",         # the transformer family (lower_transformer.py)
+    "permute", "transpose", "chunk", "split", "tensor_split", "unbind", "narrow",   # views and copies
+    "select", "getitem", "expand", "repeat",             # (lower_shapes.py)
+    "mean",                                              # reductions (lower_reduce.py)
+    "embedding",                                         # int64 indices (lower_embedding.py)
+})
+
 
 class Lowering:
     """Walks an INTEGER graph in order and turns each node into runtime calls."""

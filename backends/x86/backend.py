@@ -18,28 +18,12 @@ from qcompiler.core.qconfig import GRANULARITIES, Capabilities
 
 from .. import cpu
 from ..c_emitter import SERIAL_BELOW_MACS, GemmLowering, Lowering, RequantArrays
-from ..c_target import CTarget, TargetSettings
+from ..c_target import EMITTED_OPS, CTarget, TargetSettings
 from . import gemm, runtime_library
 from .runtime_library import GLUE_DIR
 
-#: integer ops with a kernel here (core.integer_ops.INTEGER_OPS minus conv1d, permute, transpose)
-SUPPORTED_OPS = frozenset({
-    "quantize", "dequantize", "requantize", "conv2d", "linear", "add", "mul", "avg_pool2d",
-    "adaptive_avg_pool2d", "cat", "max_pool2d", "relu", "flatten", "unflatten", "reshape", "squeeze",
-    "unsqueeze", "dropout", "identity", "clamp",
-})
-#: elementwise functions as 256-entry tables (lower_elementwise.py, qc_rt_elementwise.c)
-SUPPORTED_OPS = SUPPORTED_OPS | {"lookup"}
-#: the transformer family (lower_transformer.py, qc_rt_transformer.c)
-SUPPORTED_OPS = SUPPORTED_OPS | {"matmul", "softmax", "layer_norm", "conv1d"}
-#: views and copies on int8, quantized constants (lower_shapes.py, qc_rt_shapes.c)
-SUPPORTED_OPS = SUPPORTED_OPS | {"permute", "transpose", "chunk", "split", "tensor_split", "unbind", "narrow",
-                                 "select", "getitem", "expand", "repeat"}
-#: reductions (lower_reduce.py, qc_rt_reduce.c)
-SUPPORTED_OPS = SUPPORTED_OPS | {"mean"}
-
-#: embedding lookups on int64 indices (lower_embedding.py, qc_rt_embedding in qc_rt_shapes.c)
-SUPPORTED_OPS = SUPPORTED_OPS | {"embedding"}
+#: integer ops with a kernel here: every op the shared emitter lowers
+SUPPORTED_OPS = EMITTED_OPS
 
 #: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
 ISA_PREFERENCE = (

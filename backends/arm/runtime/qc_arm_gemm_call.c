@@ -196,6 +196,39 @@ int qc_arm_rt_gemm(int32_t level, int64_t m, int64_t n, int64_t k, const uint8_t
     return atomic_load_explicit(&job.err, memory_order_relaxed);
 }
 
+/* the layer of a blocked convolution, as qc_rt_conv_blocked hands it to qc_arm_block_gemm */
+typedef struct {
+    int32_t level;
+    int64_t n, k;
+    int32_t za;
+    const void *packed;
+    int64_t packed_bytes;
+    const int32_t *bias;
+    const qc_rq *rq;
+} qc_arm_conv_layer;
+
+static int qc_arm_block_gemm(const void *layer, int64_t rows, const uint8_t *col, int64_t ldk, uint8_t *c,
+                             int64_t ldc, const qc_rt_add_params *add)
+{
+    const qc_arm_conv_layer *l = (const qc_arm_conv_layer *)layer;
+    (void)add;                      /* no fused residual adds here (ArmGemm.fuses_add is False) */
+    /* one thread per block: the pool is busy with the blocks */
+    return qc_arm_rt_gemm(l->level, rows, l->n, l->k, col, ldk, l->za, l->packed, l->packed_bytes, l->bias, l->rq,
+                          c, ldc, 1);
+}
+
+int qc_arm_rt_conv_gemm(int32_t level, const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg, uint8_t pad,
+                        int64_t n, int32_t za, const void *packed, int64_t packed_bytes, const int32_t *bias,
+                        const qc_rq *rq, uint8_t *c, int64_t ldc, int64_t block_bytes, int threads)
+{
+    if (g == NULL) return QC_ARM_RT_ERR_NULL;
+    const qc_arm_conv_layer layer = {level, n, (int64_t)g->kh * g->kw * cg, za, packed, packed_bytes, bias, rq};
+    /* rows of k bytes rounded up to 16: one q-register load per 16 taps */
+    return qc_rt_conv_blocked(x, g, c0, cg, pad, 16, qc_arm_block_gemm, &layer, c, ldc, NULL, block_bytes, threads);
+}
+
+const char *qc_rt_gemm_strerror(int err) { return qc_arm_rt_strerror(err); }
+
 const char *qc_arm_rt_strerror(int err)
 {
     switch (err) {

@@ -35,10 +35,20 @@ QC_RT_EXPORT int qc_arm_rt_gemm(int32_t level, int64_t m, int64_t n, int64_t k, 
                                 int32_t za, const void *packed, int64_t packed_bytes, const int32_t *bias,
                                 const qc_rq *rq, uint8_t *c, int64_t ldc, int threads);
 
+/* QConv (one group) by blocks of output rows: im2col of a block, then its GEMM, per thread
+ * (qc_rt_conv_blocked of the shared runtime); the arguments as qc_arm_rt_gemm's, with the
+ * window g, channels [c0, c0 + cg) of the NHWC input x, padded with `pad`. */
+QC_RT_EXPORT int qc_arm_rt_conv_gemm(int32_t level, const uint8_t *x, const qc_window *g, int64_t c0, int64_t cg,
+                                     uint8_t pad, int64_t n, int32_t za, const void *packed, int64_t packed_bytes,
+                                     const int32_t *bias, const qc_rq *rq, uint8_t *c, int64_t ldc,
+                                     int64_t block_bytes, int threads);
+
 /* bit (1 << QC_ARM_LEVEL_*) set for each level compiled into this build */
 QC_RT_EXPORT int qc_arm_rt_levels(void);
 
-/* text of an error code */
+/* text of an error code; qc_rt_gemm_strerror is the same under the name every C target's
+ * runtime exports (the model's loader asks it) */
 QC_RT_EXPORT const char *qc_arm_rt_strerror(int err);
+QC_RT_EXPORT const char *qc_rt_gemm_strerror(int err);
 
 #endif
