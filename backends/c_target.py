@@ -48,6 +48,8 @@ SHARED_MODEL_HEADERS = (C_RUNTIME_DIR / "qc_runtime.h", *(C_RUNTIME_DIR / f"qc_r
 #: a program that runs one inference from files (executables under an emulator, device bundles)
 MODEL_MAIN = C_RUNTIME_DIR / "qc_model_main.c"
 MODEL_FLAGS = ("-O2",)
+#: a program run under qemu-user has no sysroot: static
+EXECUTABLE_FLAGS = ("-static", "-pthread", "-lm")
 
 
 @dataclass(frozen=True)
@@ -136,16 +138,20 @@ class CTarget(Backend):
         if self.runs_natively():
             runtime = self.build_runtime(variant)
             flags = [*MODEL_FLAGS, *self._include_flags(), "-Wl,--no-as-needed", str(runtime)]
-            path = toolchain.build_shared_library(generated.source, flags=flags, name="qc_model",
-                                                  kind=self.settings.compiler)
-            runner = None
         else:
             runtime = self.build_runtime(variant, as_object=True)
-            flags = [*MODEL_FLAGS, *self._include_flags(), str(runtime), "-static", "-pthread", "-lm"]
-            path = toolchain.build_executable(generated.source + "\n" + MODEL_MAIN.read_text(), flags=flags,
-                                              name="qc_model_main", kind=self.settings.compiler)
-            runner = toolchain.runner(self.settings.compiler)
-        return NativeArtifact(self.name, path, generated.source, generated.weights, variant, flags, runner)
+            flags = [*MODEL_FLAGS, *self._include_flags(), str(runtime), *EXECUTABLE_FLAGS]
+        return self._link(generated.source, generated.weights, variant, flags, MODEL_MAIN.read_text())
+
+    def _link(self, model_c: str, weights: bytes, variant: str, flags: list, main_c: str) -> NativeArtifact:
+        """The model as a shared library (native) or a program with ``main_c`` (through the runner)."""
+        kind = self.settings.compiler
+        if self.runs_natively():
+            path = toolchain.build_shared_library(model_c, flags=flags, name="qc_model", kind=kind)
+            return NativeArtifact(self.name, path, model_c, weights, variant, flags, model_c, kind)
+        program = model_c + "\n" + main_c
+        path = toolchain.build_executable(program, flags=flags, name="qc_model_main", kind=kind)
+        return NativeArtifact(self.name, path, model_c, weights, variant, flags, program, kind, toolchain.runner(kind))
 
     def load(self, gm: fx.GraphModule, artifact: NativeArtifact) -> NativeModel:
         return self.load_artifact(artifact, threads=self.threads)
@@ -217,15 +223,9 @@ class CTarget(Backend):
         runtime = build(runtime_src, flags=manifest["runtime_flags"],
                         name=f"qc_rt_{self.name.replace('+', '_')}_{variant}", kind=self.settings.compiler)
         weights = (root / "weights.bin").read_bytes()
-        if self.runs_natively():
-            flags = [*MODEL_FLAGS, *include, "-Wl,--no-as-needed", str(runtime)]
-            path = toolchain.build_shared_library(model_src, flags=flags, name="qc_model", kind=self.settings.compiler)
-            return NativeArtifact(self.name, path, model_src, weights, variant, flags)
-        flags = [*MODEL_FLAGS, *include, str(runtime), "-static", "-pthread", "-lm"]
-        path = toolchain.build_executable(model_src + "\n" + (root / "qc_model_main.c").read_text(), flags=flags,
-                                          name="qc_model_main", kind=self.settings.compiler)
-        return NativeArtifact(self.name, path, model_src, weights, variant, flags,
-                              toolchain.runner(self.settings.compiler))
+        link = ["-Wl,--no-as-needed", str(runtime)] if self.runs_natively() else [str(runtime), *EXECUTABLE_FLAGS]
+        return self._link(model_src, weights, variant, [*MODEL_FLAGS, *include, *link],
+                          (root / "qc_model_main.c").read_text())
 
 
 @dataclass

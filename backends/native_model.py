@@ -69,7 +69,9 @@ class NativeArtifact:
     source: str                 # the model's C
     weights: bytes
     variant: str                # the code variant it runs ("avx2", "i8mm")
-    model_flags: list           # how the model's C was built (profile() rebuilds it with -DQC_PROFILE)
+    model_flags: list           # how the program was built (profile() rebuilds it with -DQC_PROFILE)
+    program_source: str         # what was compiled: the model's C (+ qc_model_main.c for an executable)
+    compiler: str = "cc"        # the toolchain kind that built it
     runner: Optional[list] = None   # an executable's command prefix ([] native, qemu-user otherwise)
 
 
@@ -128,6 +130,27 @@ class LibraryProgram:
         out_numel = (ctypes.c_int64 * max(len(outs), 1))(*[o.numel() for o in outs])
         return self.cdll.qc_model_run_checked(in_ptrs, in_numel, len(xs), out_ptrs, out_numel, len(outs),
                                               int(return_int), arena_ptr, arena_bytes, threads)
+
+
+    def profile(self, xs: list, repeats: int, warmup: int, arena_ptr: int, threads: int) -> list[tuple[str, int]]:
+        """(step name, nanoseconds over ``repeats`` runs) per step, of a -DQC_PROFILE build."""
+        cdll = self.cdll
+        cdll.qc_model_profile.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.c_int]
+        cdll.qc_model_profile.restype = ctypes.c_int
+        cdll.qc_model_step_name.argtypes, cdll.qc_model_step_name.restype = [ctypes.c_int], ctypes.c_char_p
+        steps = int(cdll.qc_model_num_steps())
+        outs = [torch.empty(tuple(s["shape"]), dtype=torch.float32) for s in self.manifest["outputs"]]
+        in_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
+        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.data_ptr() for o in outs])
+        ns = (ctypes.c_int64 * max(steps, 1))()
+        for i in range(warmup + repeats):
+            if i == warmup:
+                cdll.qc_model_profile(None, 1)
+            code = cdll.qc_model_run(in_ptrs, out_ptrs, ctypes.c_void_p(arena_ptr), threads)
+            if code != 0:
+                raise NativeModelError(f"qc_model_run failed: {self.error(code)}")
+        cdll.qc_model_profile(ns, 1)
+        return [(cdll.qc_model_step_name(i).decode(), ns[i]) for i in range(steps)]
 
 
 class ExecutableProgram:
@@ -194,6 +217,20 @@ class ExecutableProgram:
         finally:
             inputs.unlink(missing_ok=True)
             outputs.unlink(missing_ok=True)
+
+
+    def profile(self, xs: list, repeats: int, warmup: int, arena_ptr: int, threads: int) -> list[tuple[str, int]]:
+        """As LibraryProgram.profile, from the program's ``profile`` command (a -DQC_PROFILE build)."""
+        inputs = Path(self._dir.name) / "profile_in.bin"
+        inputs.write_bytes(b"".join(x.numpy().tobytes() for x in xs))
+        try:
+            out = self._call(["profile", str(self._weights_file), str(inputs), str(repeats), str(warmup),
+                              str(threads)])
+        except _ProgramFailed as failed:
+            raise NativeModelError(f"qc_model_run failed: {model_error(failed.code, lambda c: failed.message)}") \
+                from None
+        rows = [line.split("\t", 1) for line in out.stdout.splitlines() if line]
+        return [(name, int(ns)) for ns, name in rows]
 
 
 class _ProgramFailed(Exception):
@@ -426,34 +463,22 @@ class NativeModel(torch.nn.Module):
         other = self._other_batch(inputs)
         if other is not None:               # as forward: another batch size runs its own build
             return other.profile(*inputs, repeats=repeats, warmup=warmup)
-        if not self.native.needs_arena:
-            raise NotImplementedError(f"profile() times each step in this process; this {self.target} model runs "
-                                      f"as a program through {self.artifact.runner or 'its runner'}, where per-step "
-                                      "times are not measured (run it on the target's own hardware)")
         xs = self.check_inputs(inputs)
-        lib = toolchain.build_shared_library(self.source, flags=[*self.artifact.model_flags, "-DQC_PROFILE"],
-                                             name="qc_model_profile")
-        native = LibraryProgram(lib, self.native.weights)
-        cdll = native.cdll
-        cdll.qc_model_profile.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.c_int]
-        cdll.qc_model_profile.restype = ctypes.c_int
-        cdll.qc_model_step_name.argtypes, cdll.qc_model_step_name.restype = [ctypes.c_int], ctypes.c_char_p
-        steps = int(cdll.qc_model_num_steps())
-        outs = [torch.empty(tuple(s["shape"]), dtype=torch.float32) for s in self.output_specs]
-        in_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
-        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.data_ptr() for o in outs])
-        ns = (ctypes.c_int64 * max(steps, 1))()
+        art = self.artifact
+        flags = [*art.model_flags, "-DQC_PROFILE"]
+        if art.runner is None:
+            lib = toolchain.build_shared_library(art.program_source, flags=flags, name="qc_model_profile",
+                                                 kind=art.compiler)
+            profiled = LibraryProgram(lib, self.native.weights)
+        else:
+            exe = toolchain.build_executable(art.program_source, flags=flags, name="qc_model_profile",
+                                             kind=art.compiler)
+            profiled = ExecutableProgram(exe, self.native.weights, art.runner)
         with self._arena_lock:
-            for i in range(warmup + repeats):
-                if i == warmup:
-                    cdll.qc_model_profile(None, 1)
-                code = cdll.qc_model_run(in_ptrs, out_ptrs, ctypes.c_void_p(self._arena_ptr), self._threads())
-                if code != 0:
-                    raise NativeModelError(f"qc_model_run failed: {native.error(code)}")
-        cdll.qc_model_profile(ns, 1)
-        total = sum(ns[i] for i in range(steps)) or 1
-        return [{"index": i, "step": cdll.qc_model_step_name(i).decode(), "ms": ns[i] / repeats / 1e6,
-                 "share": ns[i] / total} for i in range(steps)]
+            steps = profiled.profile(xs, repeats, warmup, self._arena_ptr, self._threads())
+        total = sum(ns for _, ns in steps) or 1
+        return [{"index": i, "step": name, "ms": ns / repeats / 1e6, "share": ns / total}
+                for i, (name, ns) in enumerate(steps)]
 
     # -- bundles ---------------------------------------------------------------------------
 

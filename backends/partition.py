@@ -32,7 +32,8 @@ from qcompiler.core.provenance import user_label
 from qcompiler.core.qtypes import QParams
 from qcompiler.core.reference import run_reference
 
-from .c_emitter.program import INPUT_QPARAMS, BackendUnsupported
+from .base import BackendUnsupported
+from .c_emitter.program import INPUT_QPARAMS
 
 SEGMENT_PREFIX = "native_"
 _CALLS = ("call_module", "call_function", "call_method")

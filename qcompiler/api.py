@@ -157,9 +157,8 @@ def compile(quantized_model: QuantizedModel, target: Optional[str] = None, *,  #
         warnings.warn(f"compile(): the model was quantized for {quantized_model.target!r}, not {target!r}; "
                       f"ops {target!r} lacks run in PyTorch (quantize(..., target={target!r}) picks from its "
                       "capabilities)", stacklevel=2)
-    backend = get_backend(target)
-    kwargs = {"pytorch_fallback": pytorch_fallback} if target != "reference" else {}
-    return backend.compile(quantized_model.graph_module, quantized_model._example_inputs, **kwargs)
+    return get_backend(target).compile(quantized_model.graph_module, quantized_model._example_inputs,
+                                       pytorch_fallback=pytorch_fallback)
 
 
 __all__ = ["quantize", "compile", "QuantizedModel", "available_targets"]

@@ -254,10 +254,16 @@ def test_garbled_manifest_names_the_file(compiled_models, target, tmp_path):
 def test_native_init_refuses_other_weights_for_a_loaded_model(compiled_models, target):
     """The library keeps one private copy of its weights per process: loading different bytes
     through it (past the Python check) is an error, not a silent reuse of the old copy."""
+    from qcompiler.backends.native_model import ExecutableProgram, NativeModelError
+
     model = compiled_models[2][target]
     native = model.native
     other = bytearray(native.weights)
     other[-1] ^= 0x01
+    if isinstance(native, ExecutableProgram):   # a program reads its weights per run: refused before it runs
+        with pytest.raises(NativeModelError, match="weights do not match"):
+            ExecutableProgram(native.path, bytes(other), native.runner)
+        return
     assert native.cdll.qc_model_init(bytes(other), len(other)) == -2
     assert native.cdll.qc_model_init(native.weights, len(native.weights)) == 0
 
