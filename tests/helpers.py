@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from hypothesis import strategies as st
@@ -17,6 +18,19 @@ from qcompiler.passes import LowerToInteger
 #: every available target, and those that generate code
 TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
 COMPILED_TARGETS = [name for name in TARGETS if name != "reference"]
+#: ARM levels above the baseline differ from it only in their GEMM kernels, which
+#: test_conformance.py (every level), test_arm_kernels.py and test_arm_gemm_call.py check: the op
+#: suites run them with -m slow only (each call of an emulated program starts qemu)
+EXTRA_ARM_LEVELS = ("arm+dotprod", "arm+i8mm")
+
+
+def _op_suite(targets: list) -> list:
+    return [pytest.param(t, marks=pytest.mark.slow) if t in EXTRA_ARM_LEVELS else t for t in targets]
+
+
+#: what the op suites parametrize over
+OP_TARGETS = _op_suite(TARGETS)
+OP_COMPILED_TARGETS = _op_suite(COMPILED_TARGETS)
 modes = st.sampled_from(["fp32", "fixed_point"])
 act_dtypes = st.sampled_from(["uint8", "int8"])
 

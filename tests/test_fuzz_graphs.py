@@ -22,13 +22,20 @@ from qcompiler.passes.insert_observers import NothingToQuantizeError
 
 from fuzz_graphs import FuzzModel, GraphSpec, Inp, N, Q, graph_specs, make_inputs  # noqa: F401
 
-TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
+from helpers import TARGETS  # noqa: E402
+
+#: targets that run in this process; an emulated target (ARM under qemu here) starts a program per
+#: call, so it takes ARM_EXAMPLES graphs in the CI profile (every graph in the long one)
+IN_PROCESS = [t for t in TARGETS if not t.startswith("arm") or qcompiler.backends.get_backend(t).runs_natively()]
+EMULATED = [t for t in TARGETS if t not in IN_PROCESS]
+ARM_EXAMPLES = 60
 
 _COMMON = dict(deadline=None, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                       HealthCheck.data_too_large, HealthCheck.large_base_example])
 _override = int(os.environ["QC_FUZZ_EXAMPLES"]) if os.environ.get("QC_FUZZ_EXAMPLES") else None
 CI = settings(max_examples=_override or 200, derandomize=True, **_COMMON)
+CI_EMULATED = settings(max_examples=_override or ARM_EXAMPLES, derandomize=True, **_COMMON)
 LONG = settings(max_examples=_override or 2000, derandomize=False, **_COMMON)
 
 
@@ -78,10 +85,17 @@ def check_other_batch(spec, model, qm, compiled, target) -> None:
         assert torch.equal(g, w), f"output {i} at batch {x[0].shape[0]}: {target} differs from the reference"
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", IN_PROCESS)
 @CI
 @given(spec=graph_specs())
 def test_random_graphs(target, spec):
+    check_graph(spec, target)
+
+
+@pytest.mark.parametrize("target", [t if t == "arm" else pytest.param(t, marks=pytest.mark.slow) for t in EMULATED])
+@CI_EMULATED
+@given(spec=graph_specs())
+def test_random_graphs_emulated(target, spec):
     check_graph(spec, target)
 
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 import qcompiler
 from qcompiler import QConfig, TensorSpec
 
-from helpers import TARGETS, act_dtypes, assert_bit_exact, modes
+from helpers import OP_TARGETS, TARGETS, act_dtypes, assert_bit_exact, modes
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @settings(max_examples=12, deadline=None)
 @given(channels=st.sampled_from([16, 17, 32, 40, 67]), k=st.sampled_from([(3, 3), (5, 5), (7, 7), (5, 3)]),
        stride=st.integers(1, 2), padding=st.integers(0, 3), dilation=st.integers(1, 2), mode=modes,
@@ -45,7 +45,7 @@ class Gate(nn.Module):
         return gate * x if self.gate_first else x * gate
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @settings(max_examples=12, deadline=None)
 @given(channels=st.integers(1, 70), hw=st.integers(1, 9), gate_first=st.booleans(), scale=st.sampled_from([1.0, 40.0]),
        mode=modes, act=act_dtypes, seed=st.integers(0, 2**16))

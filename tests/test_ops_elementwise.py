@@ -19,7 +19,7 @@ from qcompiler.core.integer_ops import QAdd, QMul
 from qcompiler.core.lookup_ops import QLookup
 from qcompiler.core.meta import graph_info
 
-TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
+from helpers import OP_COMPILED_TARGETS, OP_TARGETS, TARGETS  # noqa: E402
 ACT_DTYPES = ["uint8", "int8"]
 MODES = ["fp32", "fixed_point"]
 
@@ -178,7 +178,7 @@ class AllSpellings(nn.Module):
         return tuple(outs)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @pytest.mark.parametrize("act", ACT_DTYPES)
 @pytest.mark.parametrize("mode", MODES)
 def test_all_spellings_bit_exact(target, act, mode):
@@ -189,7 +189,7 @@ def test_all_spellings_bit_exact(target, act, mode):
     _compile_exact(qm, (x,), target)
 
 
-@pytest.mark.parametrize("target", [t for t in TARGETS if t != "reference"])
+@pytest.mark.parametrize("target", OP_COMPILED_TARGETS)
 @settings(max_examples=6, deadline=None)
 @given(shape=st.sampled_from([(1, 1, 1, 1), (3, 17), (2, 64, 33, 40), (1, 300001)]),
        act=st.sampled_from(ACT_DTYPES), scale=st.floats(0.01, 50.0), seed=st.integers(0, 2**16))
@@ -217,7 +217,7 @@ class StandaloneRelu6(nn.Module):
         return F.hardtanh(z, -0.5, 0.5), nn.functional.relu6(F.max_pool2d(z, 2))
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @pytest.mark.parametrize("act", ACT_DTYPES)
 @pytest.mark.parametrize("mode", MODES)
 def test_standalone_relu6(target, act, mode):
@@ -277,7 +277,7 @@ def _randomize_bn(model):
     return model
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @pytest.mark.parametrize("block, n_lookups", [(MobileNetV3Block, 5), (EfficientNetBlock, 3)])
 @pytest.mark.parametrize("act, mode", [("uint8", "fp32"), ("int8", "fixed_point")])
 def test_mobile_blocks(target, block, n_lookups, act, mode):
@@ -306,7 +306,7 @@ class SqueezeExcite(nn.Module):
         return s * x
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 def test_squeeze_excite_exact_with_whatever_runs_natively(target):
     """The gate's broadcasting multiply may run natively or in PyTorch; the activations are
     lookups either way, and the result is exact."""

@@ -15,8 +15,7 @@ import qcompiler
 from qcompiler import QConfig, TensorSpec
 from qcompiler.core.embedding_ops import QEmbedding
 
-TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
-COMPILED = [t for t in TARGETS if t != "reference"]
+from helpers import COMPILED_TARGETS as COMPILED, OP_COMPILED_TARGETS, OP_TARGETS  # noqa: E402
 
 
 class TokenModel(nn.Module):
@@ -40,7 +39,7 @@ def _quantize(model, ids, target, dtype="uint8"):
     return qcompiler.quantize(model.eval(), [ids], config=config, target=target, progress=False)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @settings(max_examples=6, deadline=None)
 @given(vocab=st.integers(2, 300), dim=st.sampled_from([1, 7, 32]), batch=st.integers(1, 3),
        seq=st.integers(1, 9), positions=st.booleans(), dtype=st.sampled_from(["uint8", "int8"]),
@@ -74,7 +73,7 @@ def test_every_row_within_half_a_step_of_float():
     assert float(err) <= step / 2 * (1 + 1e-6)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 def test_out_of_range_ids_name_the_input_and_the_table(target):
     torch.manual_seed(0)
     ids = torch.randint(0, 20, (1, 4))
@@ -86,7 +85,7 @@ def test_out_of_range_ids_name_the_input_and_the_table(target):
         compiled(ids.float())
 
 
-@pytest.mark.parametrize("target", COMPILED)
+@pytest.mark.parametrize("target", OP_COMPILED_TARGETS)
 def test_native_code_checks_indices_itself(target):
     """Past the Python check (called directly), the C refuses an index before copying a row."""
     from qcompiler.backends.native_model import NativeModelError

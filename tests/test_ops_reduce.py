@@ -17,7 +17,7 @@ from qcompiler.core.quantize import dequantize, qparams_from_range, quantize
 from qcompiler.core.qtypes import qtype
 from qcompiler.core.reduce_ops import QMean
 
-from helpers import COMPILED_TARGETS as TARGETS, modes
+from helpers import OP_COMPILED_TARGETS as TARGETS, modes
 from helpers import Fn, act_dtypes as acts, quantize_minmax as quantize_model
 
 

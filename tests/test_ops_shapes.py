@@ -20,7 +20,7 @@ from qcompiler.core.meta import graph_info
 
 from backends.c_emitter.lower_shapes import compose, copy_dims, refine, _View
 
-from helpers import TARGETS, act_dtypes, assert_bit_exact, modes
+from helpers import OP_TARGETS, TARGETS, act_dtypes, assert_bit_exact, modes
 
 
 class Around(nn.Module):
@@ -150,14 +150,14 @@ SPELLINGS = [  # (id, fn on the quantized value, input shape)
 ]
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @pytest.mark.parametrize("spelling, fn, shape", SPELLINGS, ids=[s[0] for s in SPELLINGS])
 def test_spellings(target, spelling, fn, shape):
     torch.manual_seed(len(spelling))
     assert_bit_exact(Around(fn), torch.randn(shape), target, "fp32", "int8")
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @settings(max_examples=10, deadline=None)
 @given(data=st.data(), mode=modes, act=act_dtypes)
 def test_permute_any_rank(target, data, mode, act):
@@ -167,7 +167,7 @@ def test_permute_any_rank(target, data, mode, act):
     assert_bit_exact(Around(lambda x: x.permute(*perm)), torch.randn(shape), target, mode, act)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @settings(max_examples=10, deadline=None)
 @given(data=st.data(), mode=modes, act=act_dtypes)
 def test_chunk_and_split(target, data, mode, act):
@@ -210,7 +210,7 @@ def indexings(draw):
     return shape, tuple(index)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @settings(max_examples=12, deadline=None)
 @given(case=indexings(), mode=modes, act=act_dtypes)
 def test_getitem(target, case, mode, act):
@@ -218,7 +218,7 @@ def test_getitem(target, case, mode, act):
     assert_bit_exact(Around(lambda x: x[index]), torch.randn(shape), target, mode, act)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @settings(max_examples=10, deadline=None)
 @given(data=st.data(), mode=modes, act=act_dtypes)
 def test_expand_repeat_reshape(target, data, mode, act):
@@ -238,7 +238,7 @@ def test_expand_repeat_reshape(target, data, mode, act):
     assert_bit_exact(Around(fn), torch.randn(shape), target, mode, act)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 def test_copy_over_more_dims_than_the_runtime_loop(target):
     """repeat() in every dim of a 4-d tensor, transposed: an 8-d strided copy, past the
     runtime's 6 (found by hypothesis: it was refused, so the graph did not compile whole)."""
@@ -261,7 +261,7 @@ class Binary(nn.Module):
         return F.relu(z) if self.relu else z
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @settings(max_examples=15, deadline=None)
 @given(data=st.data(), op=st.sampled_from(["add", "mul"]), relu=st.booleans(), mode=modes, act=act_dtypes)
 def test_broadcast_binary(target, data, op, relu, mode, act):
@@ -293,7 +293,7 @@ class SqueezeExcite(nn.Module):
         return x * gate
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 def test_squeeze_excite(target, mode, act):
@@ -340,7 +340,7 @@ class TinyViT(nn.Module):
         return self.head(x[:, 0])
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @pytest.mark.parametrize("mode", ["fp32", "fixed_point"])
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 def test_vit_class_token_and_position_embedding(target, mode, act):
@@ -378,7 +378,7 @@ def _torchvision():
     return pytest.importorskip("torchvision")
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @pytest.mark.parametrize("stride, mode, act", [(1, "fp32", "uint8"), (2, "fixed_point", "int8")])
 def test_shufflenet_unit(target, stride, mode, act):
     """torchvision's ShuffleNetV2 InvertedResidual: chunk, branches, cat, channel shuffle
@@ -418,7 +418,7 @@ class AttentionShapes(nn.Module):
         return self.layer.out_proj(merged)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", OP_TARGETS)
 @pytest.mark.parametrize("mode, act", [("fp32", "int8"), ("fixed_point", "uint8")])
 def test_transformer_head_reshapes(target, mode, act):
     torch.manual_seed(7)

@@ -19,7 +19,7 @@ from qcompiler.core.quantize import dequantize, quantize, qparams_from_range
 from qcompiler.core.qtypes import QParams, qtype
 from qcompiler.core.transformer_ops import SOFTMAX_LUT_BITS, QLayerNorm, QMatMul, QSoftmax
 
-from helpers import COMPILED_TARGETS as TARGETS, modes
+from helpers import OP_COMPILED_TARGETS as TARGETS, modes
 from helpers import Fn, act_dtypes as acts, quantize_minmax as quantize_model
 
 
