@@ -15,9 +15,12 @@ tests/test_arm_qemu_count.py.
     python benchmarks/arm_qemu_count.py run [--group gemm='^qc_arm_gemm'] -- ./prog args...
     # ResNet-18's convolutions (224x224, batch 1) as im2col GEMMs through each level's kernel:
     python benchmarks/arm_qemu_count.py resnet18 [--levels neon,dotprod,i8mm] [--markdown]
+    # the whole ResNet-18 compiled by qcompiler for each ARM target, one run of its program:
+    python benchmarks/arm_qemu_count.py resnet18-model [--levels ...] [--markdown]
 
 Library: count_instructions(exe, args, groups), function_ranges(exe, regex) and, for a
-compiled whole model, count_model(...) (instructions per MAC of a qc_model_main run).
+compiled whole model, count_model(...) (instructions per MAC of a qc_model_main run) with
+graph_macs(gm, *inputs) (the MACs of a quantized graph's convolutions and GEMMs).
 """
 import argparse
 import hashlib
@@ -166,16 +169,42 @@ def count_by_symbols(exe: str | Path, args: Sequence[str], patterns: Mapping[str
 
 LIBC_MEM = r"^__(memcpy|memmove|memset)_\w+$"   # static glibc's variants (the GEMM's A packing calls them)
 GEMM_SYMBOLS = r"^(qc_arm_gemm_|\w*_tile_\d+x\d+$|tile_\d+x\d+$)"   # GEMM entries and their static tiles
+#: the rest of a compiled model's GEMM path: the ARM glue (argument checks, the M split over
+#: threads, the blocked convolution's per-block GEMM) and the shared runtime's im2col
+GEMM_GLUE_SYMBOLS = r"^(qc_arm_rt_|qc_arm_block_gemm$)"
+IM2COL_SYMBOLS = r"^(qc_rt_im2col|qc_im2col_|qc_rt_conv_blocked$|qc_conv_block$)"
 
 
 def count_model(exe: str | Path, args: Sequence[str], macs: int, *, gemm_pattern: str = GEMM_SYMBOLS,
                 timeout: float | None = None) -> dict:
-    """The whole-model figure: run a compiled model (e.g. `qc_model_main weights.bin input.bin
-    output.bin`) and return its instructions in total, in GEMM code and in libc's memcpy/memset
-    (which the GEMMs' A packing and other copies call), each also per MAC of the model."""
-    c = count_by_symbols(exe, args, {"gemm": gemm_pattern, "mem": LIBC_MEM}, timeout=timeout)
+    """The whole-model figure: run a compiled model (`qc_model_main run weights.bin inputs.bin
+    outputs.bin [int] [threads]`) and return its instructions in total, in GEMM kernel code, in
+    libc's memcpy/memset (which the GEMMs' A packing and other copies call), in the GEMM glue
+    and in im2col, each also per MAC of the model."""
+    c = count_by_symbols(exe, args, {"gemm": gemm_pattern, "mem": LIBC_MEM, "glue": GEMM_GLUE_SYMBOLS,
+                                     "im2col": IM2COL_SYMBOLS}, timeout=timeout)
     return {"instructions": c.total, "gemm_instructions": c.groups["gemm"], "mem_instructions": c.groups["mem"],
+            "glue_instructions": c.groups["glue"], "im2col_instructions": c.groups["im2col"],
             "macs": macs, "per_mac": c.total / macs, "gemm_per_mac": c.groups["gemm"] / macs}
+
+
+def graph_macs(gm, *inputs) -> int:
+    """Multiply-accumulates of a quantized graph (qcompiler.quantize(...).graph_module) on
+    ``inputs``: every convolution (output elements x input channels per group x taps, depthwise
+    included), linear layer and integer matmul, from the reference interpreter's values."""
+    from qcompiler.core.integer_ops import QConv, QLinear
+    from qcompiler.core.reference import run_reference
+    from qcompiler.core.transformer_ops import QMatMul
+
+    _, values = run_reference(gm, *inputs, capture=True)
+    macs = 0
+    for node in gm.graph.nodes:
+        op = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(op, (QConv, QLinear)):          # weight [out, in / groups, *taps] or [out, in]
+            macs += values[node.name].numel() * op.weight[0].numel()
+        elif isinstance(op, QMatMul):                 # [..., m, k] @ [..., k, n]
+            macs += values[node.name].numel() * values[node.args[0].name].shape[-1]
+    return macs
 
 
 # ---- ResNet-18's convolutions as GEMMs, per level ----
@@ -254,6 +283,84 @@ def resnet18_counts(levels: Sequence[str], size: int = 224) -> list[dict]:
     return rows
 
 
+def reference_ints(qm, *inputs):
+    """The integers the reference interpreter's final Dequantize reads: what the compiled model's
+    `qc_model_main run ... int` writes."""
+    from qcompiler.core.integer_ops import Dequantize
+    from qcompiler.core.reference import run_reference
+
+    gm = qm.graph_module
+    _, values = run_reference(gm, *inputs, capture=True)
+    dq, = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), Dequantize)]
+    return values[dq.args[0].name]
+
+
+def resnet18_model_counts(levels: Sequence[str], size: int = 224, threads: int = 1) -> list[dict]:
+    """The zoo's ResNet-18 (torchvision's layout, random weights, BatchNorm re-estimated on 2
+    images), quantized once (int8_narrow weights, min/max uint8 activations, fp32 requantization)
+    and compiled by qcompiler for each ARM target; one run of each compiled program (its
+    artifact: the model's C, the target's runtime and qc_model_main, static, -O2 / -O3) counted,
+    its integer outputs checked against the reference interpreter's."""
+    import warnings
+
+    import torch
+
+    import qcompiler
+    from qcompiler import QConfig, TensorSpec
+    from qcompiler.zoo import prepare_random_model, smooth_random_images
+
+    targets = {"neon": "arm", "dotprod": "arm+dotprod", "i8mm": "arm+i8mm"}
+    x = smooth_random_images(1, size=size, seed=3)
+    model = prepare_random_model("resnet18", calib_images=2, size=size)
+    config = QConfig(activation=TensorSpec("uint8", symmetric=False, observer="minmax"))
+    qm = qcompiler.quantize(model, [(x,)], config=config, target="arm", progress=False)
+    macs = graph_macs(qm.graph_module, x)
+    expected = reference_ints(qm, x)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="qc_resnet_model_") as d:
+        inputs, outputs = Path(d) / "in.bin", Path(d) / "out.bin"
+        inputs.write_bytes(x.numpy().tobytes())
+        for level in levels:
+            with warnings.catch_warnings():      # quantized for the baseline, compiled for every level
+                warnings.filterwarnings("ignore", message=r"compile\(\): the model was quantized for")
+                compiled = qcompiler.compile(qm, target=targets[level], pytorch_fallback=False)
+            if compiled.artifact.runner is None:
+                raise CountError("on an aarch64 host the compiled model is a shared library: count a bundle's "
+                                 "program instead (compiled.save(dir); make -C dir qc_model_main)")
+            weights = Path(d) / f"weights_{level}.bin"
+            weights.write_bytes(compiled.native.weights)
+            row = count_model(compiled.artifact.path, ["run", weights, inputs, outputs, "int", threads], macs)
+            got = torch.frombuffer(bytearray(outputs.read_bytes()), dtype=expected.dtype).reshape(expected.shape)
+            if not torch.equal(got, expected):
+                raise CountError(f"{targets[level]}: the counted run's outputs differ from the reference")
+            rows.append({"level": level, "target": targets[level], **row})
+    return rows
+
+
+def _print_model_rows(rows: list[dict], size: int, markdown: bool) -> None:
+    head = ("target", "instructions", "per MAC", "GEMM kernels", "per MAC", "share", "libc memcpy/set", "GEMM glue",
+            "im2col", "rest")
+    print(f"{_versions()}; qcompiler's ResNet-18 {size}x{size}, batch 1, 1 thread: {rows[0]['macs']:,} MACs "
+          "(convolutions + fc)\n")
+    if markdown:
+        print("| " + " | ".join(head) + " |\n| --- |" + " ---: |" * (len(head) - 1))
+    for r in rows:
+        total, macs = r["instructions"], r["macs"]
+        named = r["gemm_instructions"] + r["mem_instructions"] + r["glue_instructions"] + r["im2col_instructions"]
+        share = lambda n: f"{n / total:.1%}"   # noqa: E731
+        cells = (r["target"], f"{total:,}", f"{total / macs:.4f}", f"{r['gemm_instructions']:,}",
+                 f"{r['gemm_per_mac']:.4f}", share(r["gemm_instructions"]), share(r["mem_instructions"]),
+                 share(r["glue_instructions"]), share(r["im2col_instructions"]), share(total - named))
+        print("| " + " | ".join(cells) + " |" if markdown else "  ".join(f"{h}: {c}" for h, c in zip(head, cells)))
+
+
+def _versions() -> str:
+    qemu = subprocess.run([emulator()[0], "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    cc = subprocess.run([toolchain.find_compiler("aarch64"), "--version"], capture_output=True,
+                        text=True).stdout.splitlines()[0]
+    return f"{qemu}; {cc}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -265,6 +372,10 @@ def main():
     res.add_argument("--levels", default="neon,dotprod,i8mm")
     res.add_argument("--size", type=int, default=224, help="input height = width (224)")
     res.add_argument("--markdown", action="store_true")
+    whole = sub.add_parser("resnet18-model", help="the whole ResNet-18 compiled for each ARM target")
+    whole.add_argument("--levels", default="neon,dotprod,i8mm")
+    whole.add_argument("--size", type=int, default=224, help="input height = width (224)")
+    whole.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     try:
         if args.cmd == "run":
@@ -283,13 +394,13 @@ def main():
         bad = [lv for lv in levels if lv not in MARCH]
         if bad:
             ap.error(f"unknown level(s) {bad}: choose from {list(MARCH)}")
+        if args.cmd == "resnet18-model":
+            _print_model_rows(resnet18_model_counts(levels, args.size), args.size, args.markdown)
+            return
         rows = resnet18_counts(levels, args.size)
     except CountError as e:
         sys.exit(f"arm_qemu_count: {e}")
-    qemu = subprocess.run([emulator()[0], "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    cc = subprocess.run([toolchain.find_compiler("aarch64"), "--version"], capture_output=True,
-                        text=True).stdout.splitlines()[0]
-    print(f"{qemu}; {cc} -O3; ResNet-18 {args.size}x{args.size}, batch 1: "
+    print(f"{_versions()} -O3; ResNet-18 {args.size}x{args.size}, batch 1: "
           f"{len(resnet18_gemms(args.size))} GEMMs, {rows[0]['macs']:,} MACs\n")
     head = ("level", "GEMM kernel instrs", "per MAC", "+ its memcpy/memset", "per MAC", "MACs per instr",
             "weight packing", "rest")

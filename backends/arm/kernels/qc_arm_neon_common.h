@@ -101,12 +101,18 @@ static inline void qc_arm_store8(int8_t *dst, int8x8_t v, int valid)
     memcpy(dst, t, (size_t)valid);
 }
 
-/* 4 int8 results (low half of v) to dst, only the first `valid` */
+/* 4 int8 results (low half of v) to dst, only the first `valid`. All 4 (every tile but a
+ * ragged last column panel): one 4-byte store, not a libc call with a run-time length. */
 static inline void qc_arm_store4(int8_t *dst, int8x8_t v, int valid)
 {
+    if (valid >= 4) {
+        const uint32_t four = vget_lane_u32(vreinterpret_u32_s8(v), 0);
+        memcpy(dst, &four, 4);   /* constant size: a plain (unaligned) str, no call */
+        return;
+    }
     int8_t t[8];
     vst1_s8(t, v);
-    memcpy(dst, t, (size_t)(valid < 4 ? valid : 4));
+    memcpy(dst, t, (size_t)valid);
 }
 
 /* the run-time offset bias[j] − za · colsum[j] for 4 channels (wrapping int32) */
