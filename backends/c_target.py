@@ -31,11 +31,13 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
-from qcompiler.core.shapes import propagate_values
+from qcompiler.core.integer_ops import IntegerOp
+from qcompiler.core.op_table import canonical_op
+from qcompiler.core.shapes import VALUE_KEY, propagate_values
 
 from . import toolchain
 from .base import Backend
-from .c_emitter import EMITTED_OPS, GemmLowering, Lowering, render
+from .c_emitter import EMITTED_OPS, GemmLowering, Lowering, render, unsupported
 from .native_model import NativeArtifact, NativeModel
 
 C_RUNTIME_DIR = Path(__file__).resolve().parent / "c_runtime"
@@ -63,8 +65,9 @@ class TargetSettings:
     #: the toolchain entry that builds and runs its code (backends/toolchain.py: "cc", "aarch64")
     compiler: str = "cc"
     #: host machines (platform.machine()) that run its code natively: the model is then a shared
-    #: library called in-process; elsewhere a static program run through toolchain.runner()
-    native_machines: tuple = ("x86_64", "amd64")
+    #: library called in-process; elsewhere a static program run through toolchain.runner().
+    #: None: wherever the compiler's host is (portable C built by the host compiler)
+    native_machines: Optional[tuple] = None
     #: channels per block of the depthwise weight layout ([C / lanes][taps][lanes] int32): the
     #: vector of int32 accumulators the runtime keeps per block (QC_DW_BLOCK in qc_runtime.c)
     depthwise_lanes: int = 16
@@ -115,14 +118,35 @@ class CTarget(Backend):
 
     @classmethod
     def runs_natively(cls) -> bool:
-        return platform.machine().lower() in cls.settings.native_machines
+        machines = cls.settings.native_machines
+        return machines is None or platform.machine().lower() in machines
 
     def current_variant(self) -> str:
         return self._variant or self.variant()
 
     def legalize(self, gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphModule:
         propagate_values(gm, example_inputs)
+        self._check_covered(gm)
         return gm
+
+    def _check_covered(self, gm: fx.GraphModule) -> None:
+        """Refuse (naming it) the first integer op, or op on int8 values, outside the target's
+        capabilities: the emitter would lower it with the shared kernels, which a target that
+        leaves the op out may not have (partitioning then runs it in PyTorch)."""
+        ops = self.capabilities.ops
+        modules = dict(gm.named_modules())
+        for node in gm.graph.nodes:
+            mod = modules.get(node.target) if node.op == "call_module" else None
+            if isinstance(mod, IntegerOp):
+                name = mod.op_name
+            elif node.op in ("call_function", "call_method", "call_module") and \
+                    isinstance(node.meta.get(VALUE_KEY), torch.Tensor) and \
+                    node.meta[VALUE_KEY].dtype in (torch.int8, torch.uint8):
+                name = canonical_op(node, modules)
+            else:
+                continue
+            if name and name not in ops:
+                raise unsupported(node, f"target {self.name!r} has no kernel for {name!r} (its capabilities)")
 
     def emit(self, gm: fx.GraphModule) -> "GeneratedModel":
         variant = self.current_variant()
@@ -238,12 +262,22 @@ class GeneratedModel:
 
 
 def join_sources(files: list[Path]) -> str:
-    """C files as one translation unit, their local includes dropped (each file is already in the
-    unit, in dependency order); a #line per file keeps diagnostics pointing at it."""
-    include = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
-    parts = []
+    """C files as one translation unit, their local includes dropped: each must name a file
+    earlier in the list (dependency order), so a forgotten one is an error, not a silent change
+    (a runtime without qc_thread_pool.h would run serially). A #line per file keeps
+    diagnostics pointing at it."""
+    include = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
+    parts, joined = [], set()
     for path in files:
-        lines = [line for line in path.read_text().splitlines() if not include.match(line)]
+        lines = []
+        for line in path.read_text().splitlines():
+            m = include.match(line)
+            if m is None:
+                lines.append(line)
+            elif m.group(1) not in joined:
+                raise ValueError(f"{path.name} includes {m.group(1)!r}, which is not earlier in the runtime's "
+                                 f"files {[p.name for p in files]}")
+        joined.add(path.name)
         parts.append(f'#line 1 "{path.name}"\n' + "\n".join(lines) + "\n")
     return "\n".join(parts)
 

@@ -122,9 +122,6 @@ class GemmLowering:
         dh, dw); ``geom``: the same as a C ``qc_window *``; weights are [cout, (ky, kx, c)]."""
         return None
 
-    def runtime_headers(self) -> list[str]:
-        return []
-
 
 # ---------------------------------------------------------------------------------------
 # Lowering: graph → steps

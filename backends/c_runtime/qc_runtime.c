@@ -545,8 +545,8 @@ typedef struct {
     uint8_t *y;
     const qc_window *g;
     int32_t zx;
-    const int32_t *w;        /* [ceil(c/16)][kh*kw][16] */
-    const int32_t *bias;     /* [ceil(c/16) * 16] */
+    const int32_t *w;        /* [ceil(c/B)][kh*kw][B], B = QC_DW_BLOCK */
+    const int32_t *bias;     /* [ceil(c/B) * B] */
     const int32_t *bias3;    /* 3x3 kernels: bias - zx * (sum of the 9 taps) */
     const qc_rq *rq;
     int64_t ox_lo, ox_hi;    /* output columns whose window lies inside the input horizontally */
@@ -705,7 +705,7 @@ qc_dw_block(const qc_depthwise_job *j, const qc_rq *rq, uint8_t *out, const uint
         const int32_t zx = interior3 ? 0 : j->zx;
         for (int32_t i = 0; i < ni; i++)
             for (int32_t t = 0; t < nt; t++)
-                v += (uint32_t)(((int32_t)x[i * xi + t * xt + l] - zx) * wb[i * wi + t * 16 + l]);
+                v += (uint32_t)(((int32_t)x[i * xi + t * xt + l] - zx) * wb[i * wi + t * QC_DW_BLOCK + l]);
         acc[l] = (int32_t)v;
     }
     qc_requant_block(acc, out, cnt, rq, c0);

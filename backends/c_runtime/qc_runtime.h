@@ -162,9 +162,10 @@ QC_RT_EXPORT int qc_rt_conv_blocked(const uint8_t *x, const qc_window *g, int64_
 QC_RT_EXPORT uint8_t *qc_rt_thread_scratch(size_t bytes);
 
 /* QConv, depthwise (groups == channels, one output per channel): exact int32
- * sum of (x - zx) * w + bias[c], requantized per channel. Weights blocked by 16 channels:
- * w[c / 16][ky * kw + kx][c % 16] as int32 (the kernel works in int32 lanes), channels past
- * c zero; bias padded to a multiple of 16 likewise; c <= 4096 */
+ * sum of (x - zx) * w + bias[c], requantized per channel. Weights blocked by B = QC_DW_BLOCK
+ * channels (a target setting, 16 unless the runtime is built with another):
+ * w[c / B][ky * kw + kx][c % B] as int32 (the kernel works in int32 lanes), channels past
+ * c zero; bias padded to a multiple of B likewise; c <= 4096 */
 QC_RT_EXPORT void qc_rt_depthwise(const uint8_t *x, uint8_t *y, const qc_window *g, int32_t zx,
                                   const int32_t *w, const int32_t *bias, const qc_rq *rq, int threads);
 
