@@ -125,9 +125,11 @@ def _check_not_pie(exe: Path) -> None:
 
 def count_instructions(exe: str | Path, args: Sequence[str] = (),
                        groups: Mapping[str, Iterable[tuple[int, int]]] | None = None, *,
-                       cwd: str | Path | None = None, timeout: float | None = None) -> InsnCount:
+                       cwd: str | Path | None = None, timeout: float | None = None,
+                       status: int = 0) -> InsnCount:
     """Run `exe args` under qemu with the counting plugin; `groups` maps a name to address ranges
-    [start, end) (e.g. from function_ranges). Raises CountError if the program fails."""
+    [start, end) (e.g. from function_ranges). Raises CountError if the program exits with another
+    status than `status` (a run meant to stop early, e.g. after loading, expects its error status)."""
     exe = Path(exe).resolve()
     groups = {name: list(ranges) for name, ranges in (groups or {}).items()}
     for name in groups:
@@ -147,7 +149,7 @@ def count_instructions(exe: str | Path, args: Sequence[str] = (),
             proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise CountError(f"{exe.name} ran past {timeout} s under qemu") from None
-        if proc.returncode != 0:
+        if proc.returncode != status:
             raise CountError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr.strip()[-2000:]}")
         if not ofile.exists():
             raise CountError(f"the plugin wrote no counts (qemu: {proc.stderr.strip()[-500:]})")
@@ -186,6 +188,18 @@ def count_model(exe: str | Path, args: Sequence[str], macs: int, *, gemm_pattern
     return {"instructions": c.total, "gemm_instructions": c.groups["gemm"], "mem_instructions": c.groups["mem"],
             "glue_instructions": c.groups["glue"], "im2col_instructions": c.groups["im2col"],
             "macs": macs, "per_mac": c.total / macs, "gemm_per_mac": c.groups["gemm"] / macs}
+
+
+def count_model_load(exe: str | Path, weights: str | Path, *, timeout: float | None = None) -> dict:
+    """What a `qc_model_main run` spends before inference: libc start-up, reading the weights and
+    qc_model_init's one copy of them (counted on a run given an empty inputs file, which stops
+    with status 1 right after loading); its total and its libc memcpy/memset instructions."""
+    with tempfile.TemporaryDirectory(prefix="qc_load_") as d:
+        empty = Path(d) / "empty.bin"
+        empty.write_bytes(b"")
+        c = count_by_symbols(exe, ["run", weights, empty, Path(d) / "out.bin"], {"mem": LIBC_MEM},
+                             timeout=timeout, status=1)
+    return {"instructions": c.total, "mem_instructions": c.groups["mem"]}
 
 
 def graph_macs(gm, *inputs) -> int:
@@ -333,24 +347,31 @@ def resnet18_model_counts(levels: Sequence[str], size: int = 224, threads: int =
             got = torch.frombuffer(bytearray(outputs.read_bytes()), dtype=expected.dtype).reshape(expected.shape)
             if not torch.equal(got, expected):
                 raise CountError(f"{targets[level]}: the counted run's outputs differ from the reference")
-            rows.append({"level": level, "target": targets[level], **row})
+            load = count_model_load(compiled.artifact.path, weights)
+            rows.append({"level": level, "target": targets[level], **row, "load_instructions": load["instructions"],
+                         "load_mem_instructions": load["mem_instructions"]})
     return rows
 
 
 def _print_model_rows(rows: list[dict], size: int, markdown: bool) -> None:
-    head = ("target", "instructions", "per MAC", "GEMM kernels", "per MAC", "share", "libc memcpy/set", "GEMM glue",
-            "im2col", "rest")
+    """Per target: the whole run, its load part, and the inference (run − load) per MAC and split
+    by code: GEMM kernels, libc memcpy/memset, GEMM glue, im2col, the rest (quantize, pooling,
+    residual adds, dequantize), each as a share of the inference."""
+    head = ("target", "run", "load", "inference", "per MAC", "GEMM kernels", "per MAC", "share", "libc memcpy/set",
+            "GEMM glue", "im2col", "rest")
     print(f"{_versions()}; qcompiler's ResNet-18 {size}x{size}, batch 1, 1 thread: {rows[0]['macs']:,} MACs "
           "(convolutions + fc)\n")
     if markdown:
         print("| " + " | ".join(head) + " |\n| --- |" + " ---: |" * (len(head) - 1))
     for r in rows:
-        total, macs = r["instructions"], r["macs"]
-        named = r["gemm_instructions"] + r["mem_instructions"] + r["glue_instructions"] + r["im2col_instructions"]
-        share = lambda n: f"{n / total:.1%}"   # noqa: E731
-        cells = (r["target"], f"{total:,}", f"{total / macs:.4f}", f"{r['gemm_instructions']:,}",
-                 f"{r['gemm_per_mac']:.4f}", share(r["gemm_instructions"]), share(r["mem_instructions"]),
-                 share(r["glue_instructions"]), share(r["im2col_instructions"]), share(total - named))
+        macs, load = r["macs"], r["load_instructions"]
+        run = r["instructions"] - load
+        mem = r["mem_instructions"] - r["load_mem_instructions"]
+        named = r["gemm_instructions"] + mem + r["glue_instructions"] + r["im2col_instructions"]
+        share = lambda n: f"{n / run:.1%}"   # noqa: E731
+        cells = (r["target"], f"{r['instructions']:,}", f"{load:,}", f"{run:,}", f"{run / macs:.4f}",
+                 f"{r['gemm_instructions']:,}", f"{r['gemm_per_mac']:.4f}", share(r["gemm_instructions"]), share(mem),
+                 share(r["glue_instructions"]), share(r["im2col_instructions"]), share(run - named))
         print("| " + " | ".join(cells) + " |" if markdown else "  ".join(f"{h}: {c}" for h, c in zip(head, cells)))
 
 
