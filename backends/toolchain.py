@@ -178,10 +178,12 @@ def find_compiler(kind: str = "cc") -> str:
             raise ToolchainError(f"{spec.env}={override!r} is not an executable compiler: "
                                  f"point it at one, or unset it to search PATH for {', '.join(spec.candidates)}")
         return os.path.abspath(found)
-    for name in spec.candidates:
+    # on a host of the kind's machine (an arm64 box) its native compiler does too
+    candidates = (*spec.candidates, *(("cc", "gcc") if platform.machine().lower() in spec.native_on else ()))
+    for name in candidates:
         if found := shutil.which(name):
             return os.path.abspath(found)
-    raise ToolchainError(f"no {kind} compiler found (looked for {', '.join(spec.candidates)} on PATH): "
+    raise ToolchainError(f"no {kind} compiler found (looked for {', '.join(candidates)} on PATH): "
                          f"install one with `{spec.install}`, or set {spec.env}=/path/to/compiler")
 
 

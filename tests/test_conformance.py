@@ -15,7 +15,16 @@ from qcompiler import QConfig, TensorSpec
 from qcompiler.zoo import prepare_random_model, smooth_random_images
 
 TARGETS = [name for name, (ok, _) in qcompiler.available_targets().items() if ok]
+UNAVAILABLE = {name: why for name, (ok, why) in qcompiler.available_targets().items() if not ok}
 modes = st.sampled_from(["fp32", "fixed_point"])
+
+
+@pytest.mark.parametrize("target", sorted(UNAVAILABLE) or [pytest.param(None, marks=pytest.mark.skip(
+    reason="every registered target is available here"))])
+def test_unavailable_target_is_reported(target):
+    """A registered target this machine cannot build or run (no cross compiler, no emulator, no
+    CPU feature) is not tested: say so in the test report, with the reason, never pass silently."""
+    pytest.skip(f"target {target!r} not conformance-tested here: {UNAVAILABLE[target]}")
 
 
 def assert_bit_exact(model, inputs, target, mode="fp32", act="uint8"):
