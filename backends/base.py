@@ -33,9 +33,10 @@ class BackendUnsupported(NotImplementedError):
     """The graph contains something this target cannot compile. The message names the user's
     layer and op; ``node`` is the graph node's name, so partitioning can run it in PyTorch."""
 
-    def __init__(self, message: str, node: Optional[str] = None):
+    def __init__(self, message: str, node: Optional[str] = None, why: Optional[str] = None):
         super().__init__(message)
         self.node = node
+        self.why = why or message       # the reason alone, without the node's name
 
 
 class Backend:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import platform
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -232,9 +233,8 @@ class CTarget(Backend):
             (out / "runtime" / header.name).write_text(header.read_text())
         (out / "qc_model_main.c").write_text(MODEL_MAIN.read_text())
         flags = self.runtime_flags(variant)
-        (out / "Makefile").write_text(_makefile(self.name, variant, runtime_c, flags,
-                                                toolchain.find_compiler(self.settings.compiler),
-                                                static=not self.runs_natively()))
+        (out / "Makefile").write_text(_makefile(self.name, variant, runtime_c, flags, _compiler_name(
+            toolchain.find_compiler(self.settings.compiler)), static=not self.runs_natively()))
         return {"runtime": f"runtime/{runtime_c}", "runtime_flags": flags}
 
     def build_bundle(self, root: Path, manifest: dict) -> NativeArtifact:
@@ -282,15 +282,24 @@ def join_sources(files: list[Path]) -> str:
     return "\n".join(parts)
 
 
+def _compiler_name(path: str) -> str:
+    """The compiler as the bundle's Makefile names it: its bare name where PATH finds the same one
+    (a bundle moves to other machines), else its full path."""
+    name = Path(path).name
+    found = shutil.which(name)
+    return name if found and Path(found).resolve() == Path(path).resolve() else path
+
+
 def _makefile(target: str, variant: str, runtime_c: str, flags: list, cc: str, static: bool) -> str:
     ldflags = "-static " if static else ""
     return f"""# qcompiler bundle: target {target} ({variant}).
 #   make                     builds libqc_model.so and qc_model_main with CC ({cc})
-#   make CC=<compiler>       another compiler for the same target (CFLAGS_EXTRA=...: more flags)
+#   make CC=<compiler>       another compiler for the same target (CFLAGS_EXTRA=...: more flags);
+#                            only on the command line: an exported CC would not build for this target
 #   ./qc_model_main run weights.bin inputs.bin outputs.bin [int|float] [threads]
 # -ffp-contract=off is required: requantization must not be contracted into FMAs.
-ifeq ($(origin CC),default)
-CC = {Path(cc).name}
+ifneq ($(origin CC),command line)
+CC = {cc}
 endif
 CFLAGS = -ffp-contract=off {' '.join(flags)} -Iruntime $(CFLAGS_EXTRA)
 LDFLAGS ?= {ldflags}-pthread -lm

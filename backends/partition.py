@@ -53,7 +53,7 @@ class TargetSupport(OperatorSupportBase):
     int8 values. ``excluded`` holds nodes the target refused when it tried (their exact limits,
     e.g. a padding mode, are only known to its lowering)."""
 
-    def __init__(self, ops: frozenset, values: dict, excluded: set):
+    def __init__(self, ops: frozenset, values: dict, excluded: dict):
         self.ops, self.values, self.excluded = ops, values, excluded
         self._static: dict = {}
 
@@ -130,10 +130,10 @@ class Plan:
     segments: list                  # submodule names, in graph order
     pytorch_nodes: list             # what runs in PyTorch: "features.0.2 (Hardswish): float"
     crossings: int                  # values passed between a segment and PyTorch per call
-    excluded: set = field(default_factory=set)
+    excluded: dict = field(default_factory=dict)   # node name -> why the target refused it
 
 
-def split(gm: fx.GraphModule, ops: frozenset, values: dict, excluded: set) -> Plan:
+def split(gm: fx.GraphModule, ops: frozenset, values: dict, excluded: dict) -> Plan:
     """Partition ``gm`` into native segments (CapabilityBasedPartitioner: cycle-free, as large
     as the dependencies allow) and the PyTorch rest."""
     work = copy.deepcopy(gm)            # fused in place; ``gm`` keeps the producers of every value
@@ -157,9 +157,10 @@ def split(gm: fx.GraphModule, ops: frozenset, values: dict, excluded: set) -> Pl
             crossings += sum(1 for a in node.all_input_nodes if a.op != "placeholder")
         elif node.op in _CALLS and _is_tensor_value(values.get(node.name)):
             kind = "integer" if _quantized(values.get(node.name)) else "float"
-            pytorch.append(f"{user_label(original.get(node.name, node), modules, shape=())}: {kind}")
+            why = f" ({excluded[node.name]})" if node.name in excluded else ""
+            pytorch.append(f"{user_label(original.get(node.name, node), modules, shape=())}: {kind}{why}")
     crossings += _output_crossings(split_gm, segments)
-    return Plan(split_gm, segments, pytorch, crossings, set(excluded))
+    return Plan(split_gm, segments, pytorch, crossings, dict(excluded))
 
 
 def _number_in_graph_order(split_gm: fx.GraphModule) -> None:
@@ -229,7 +230,7 @@ def plan_for(gm: fx.GraphModule, example_inputs: tuple, ops: frozenset,
     """Split, then let the target try each segment (``try_segment`` raises BackendUnsupported
     naming the node it cannot take); move refused nodes to PyTorch and split again."""
     _, values = run_reference(gm, *example_inputs, capture=True)
-    excluded: set = set()
+    excluded: dict = {}
     while True:
         plan = split(gm, ops, values, excluded)
         args = segment_inputs(plan, example_inputs)
@@ -240,7 +241,7 @@ def plan_for(gm: fx.GraphModule, example_inputs: tuple, ops: frozenset,
         except BackendUnsupported as exc:
             if exc.node is None or exc.node in excluded:
                 raise
-            excluded.add(exc.node)
+            excluded[exc.node] = exc.why
 
 
 class NativeSegment(torch.nn.Module):

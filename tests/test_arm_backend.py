@@ -231,7 +231,8 @@ def test_full_int8_weights_on_the_baseline_run_their_gemms_in_pytorch(target):
     assert isinstance(compiled, PartitionedModel)
     described = compiled.describe()
     for layer in ("stem", "pw", "fc"):
-        assert re.search(rf"{layer} \((conv2d|linear)\): integer, in PyTorch", described), described
+        assert re.search(rf"{layer} \((conv2d|linear)\): integer \(.*weights in \[-127, 127\].*\), in PyTorch",
+                         described), described
     assert re.search(r"native_\d+: conv2d x1", described), described   # the depthwise conv stays native
     assert torch.equal(compiled(x), qm(x))
     with pytest.raises(BackendUnsupported, match=r"target 'arm' does not cover .*stem \(conv2d\)"):

@@ -258,6 +258,12 @@ def test_bundle_builds_with_make_and_its_program_runs(small, tmp_path):
     bad = subprocess.run([str(bundle / "qc_model_main"), "run", str(bundle / "weights.bin"), str(bundle / "model.h"),
                           str(tmp_path / "out.bin")], capture_output=True, text=True)
     assert bad.returncode == 1 and "the inputs file does not have the model's input sizes" in bad.stderr
+    corrupt = bytearray((bundle / "weights.bin").read_bytes())
+    corrupt[-100] ^= 0x10                         # the payload, behind an intact header
+    (tmp_path / "corrupt.bin").write_bytes(bytes(corrupt))
+    bad = subprocess.run([str(bundle / "qc_model_main"), "run", str(tmp_path / "corrupt.bin"), str(tmp_path / "in.bin"),
+                          str(tmp_path / "out.bin")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "error -2" in bad.stderr and "weights do not match" in bad.stderr, bad.stderr
 
 
 class Lambda(nn.Module):

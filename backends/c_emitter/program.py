@@ -21,7 +21,7 @@ INPUT_QPARAMS = "qc_input_qparams"
 
 
 def unsupported(node: fx.Node, why: str) -> BackendUnsupported:
-    return BackendUnsupported(f"cannot compile {user_label(node)}: {why}", node.name)
+    return BackendUnsupported(f"cannot compile {user_label(node)}: {why}", node.name, why)
 
 
 # ---------------------------------------------------------------------------------------

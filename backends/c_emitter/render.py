@@ -7,7 +7,7 @@ import re
 
 from ..memory_plan import ALIGN
 from .program import Program
-from .weights import HEADER_BYTES, WEIGHTS_TAG
+from .weights import HEADER_BYTES, WEIGHTS_TAG, payload_checksum
 
 
 def manifest(program: Program) -> dict:
@@ -70,6 +70,25 @@ enum {{ QC_MODEL_ERR_NULL = -1, QC_MODEL_ERR_WEIGHTS = -2, QC_MODEL_ERR_UNINIT =
 #define QC_ARENA_BYTES INT64_C({program.plan.arena_bytes})
 #define QC_W(type, off) ((const type *)(qc_weights + (off)))
 
+#define QC_WEIGHTS_CHECKSUM UINT64_C({payload_checksum(program.weights[HEADER_BYTES:])})
+
+/* Σ word_i * (2i + 1) mod 2^64 over little-endian 64-bit words, the last zero-padded
+ * (weights.payload_checksum) */
+static uint64_t qc_checksum(const uint8_t *p, int64_t n)
+{{
+    uint64_t s = 0, i = 0, w;
+    for (; (int64_t)(8 * i + 8) <= n; i++) {{
+        memcpy(&w, p + 8 * i, 8);
+        s += w * (2 * i + 1);
+    }}
+    if ((int64_t)(8 * i) < n) {{
+        w = 0;
+        memcpy(&w, p + 8 * i, (size_t)(n - (int64_t)(8 * i)));
+        s += w * (2 * i + 1);
+    }}
+    return s;
+}}
+
 static const uint8_t qc_weights_tag[{HEADER_BYTES}] = {{{", ".join(str(b) for b in WEIGHTS_TAG)}, {digest_bytes}}};
 static uint8_t *qc_weights = NULL;   /* private, {ALIGN}-byte aligned copy, made once by qc_model_init */
 
@@ -81,6 +100,8 @@ QC_MODEL_EXPORT int qc_model_init(const void *weights, int64_t nbytes)
      * bytes may be loaded again, so a corrupt copy cannot go unnoticed and a repaired one is not
      * shadowed by stale state (the caller checks the payload's sha256 before calling this) */
     if (qc_weights != NULL) return memcmp(weights, qc_weights, (size_t)nbytes) == 0 ? 0 : QC_MODEL_ERR_WEIGHTS;
+    if (qc_checksum((const uint8_t *)weights + {HEADER_BYTES}, nbytes - {HEADER_BYTES}) != QC_WEIGHTS_CHECKSUM)
+        return QC_MODEL_ERR_WEIGHTS;       /* a corrupt payload behind a good header */
     void *copy = NULL;
     if (posix_memalign(&copy, {ALIGN}, (size_t)nbytes) != 0) return QC_MODEL_ERR_NOMEM;
     memcpy(copy, weights, (size_t)nbytes);
