@@ -48,6 +48,12 @@ class Backend:
         """(usable here?, why not) — e.g. a missing compiler or CPU feature."""
         return True, ""
 
+    @classmethod
+    def runs_natively(cls) -> bool:
+        """Does its code run on this host's own CPU (not under an emulator)? Only such targets
+        are timed by benchmarks."""
+        return True
+
     def legalize(self, gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphModule:
         """Target rewrites of the INTEGER graph, and what ``emit`` needs recorded on its nodes
         (shapes for the example inputs' shapes); raises BackendUnsupported for a node it

@@ -167,7 +167,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2", "mlp", "digits"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    targets = [t for t, (ok, _) in qcompiler.available_targets().items() if ok and t != "reference"]
+    # timed targets: those whose code runs on this CPU (ARM under qemu here would time the emulator)
+    targets = [t for t, (ok, _) in qcompiler.available_targets().items()
+               if ok and t != "reference" and qcompiler.backends.get_backend(t).runs_natively()]
     p.add_argument("--paths", nargs="+", default=["pytorch_fx_int8", "onnxruntime_int8", "qcompiler_reference"]
                    + [f"qcompiler_{t}" for t in targets])
     p.add_argument("--budget", type=float, default=3.0, help="seconds of timing per path")
