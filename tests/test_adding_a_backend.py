@@ -166,7 +166,8 @@ def test_a_gemm_the_lowering_refuses_runs_in_pytorch(demo):
     torch.manual_seed(0)
     x = torch.randn(2, 6, 32)
     qm = quantized(TransformerEncoderLayer(d_model=32, nhead=4, dim_ff=64), x, "fp32", "uint8")
-    assert_partitioned(Shallow().compile(qm.graph_module, (x,)), qm, x, "ff2 (linear): integer, in PyTorch")
+    assert_partitioned(Shallow().compile(qm.graph_module, (x,)), qm, x,
+                       "ff2 (linear): integer (this GEMM takes k <= 32, not 64), in PyTorch")
     with pytest.raises(BackendUnsupported, match="ff2"):         # the only layer with k = 64
         Shallow().compile(qm.graph_module, (x,), pytorch_fallback=False)
 
