@@ -55,8 +55,7 @@ def _available_levels():
 
 
 def _driver_source(level):
-    lines = [ln for ln in DRIVER.read_text().splitlines() if not gemm._INCLUDE.match(ln)]
-    return gemm.library_source(level, runtime=SHARED_RUNTIME_FILES) + '#line 1 "qc_arm_rt_test_driver.c"\n' + "\n".join(lines) + "\n"
+    return gemm.library_source(level, runtime=[*SHARED_RUNTIME_FILES, DRIVER])
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "qc_arm_kernels.h"
+#include "qc_arm_test_io.h"
 
 typedef int (*pack_fn)(const int8_t *, int64_t, int64_t, void *);
 typedef int64_t (*size_fn)(int64_t, int64_t);
@@ -30,22 +31,6 @@ static int64_t work_size(int lv, int64_t k)
     return lv == 0 ? qc_arm_work_size_neon(k) : lv == 1 ? qc_arm_work_size_dotprod(k) : qc_arm_work_size_i8mm(k);
 }
 
-static const uint8_t *cur, *end;
-static void *take(size_t bytes)
-{
-    if ((size_t)(end - cur) < bytes) { fprintf(stderr, "truncated input\n"); exit(2); }
-    void *p = malloc(bytes + 16);
-    memcpy(p, cur, bytes);
-    cur += bytes;
-    return p;
-}
-static int64_t next_i64(void) { int64_t v; void *p = take(8); memcpy(&v, p, 8); free(p); return v; }
-static void *xalloc(size_t bytes)
-{
-    void *p = aligned_alloc(16, (bytes + 15) / 16 * 16 + 16);
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
-    return p;
-}
 static void emit(FILE *out, int32_t status, const void *buf, size_t bytes)
 {
     fwrite(&status, 4, 1, out);

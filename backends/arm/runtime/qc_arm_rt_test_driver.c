@@ -10,6 +10,7 @@
 #include <string.h>
 #include "qc_arm_gemm_call.h"
 #include "qc_arm_kernels.h"
+#include "qc_arm_test_io.h"
 
 /* allocations through aligned_alloc (the per-thread scratch's allocator), all threads */
 static _Atomic long qc_test_allocs;
@@ -20,22 +21,6 @@ void *__wrap_aligned_alloc(size_t alignment, size_t size)
     return __real_aligned_alloc(alignment, size);
 }
 
-static const uint8_t *cur, *end;
-static void *take(size_t bytes)
-{
-    if ((size_t)(end - cur) < bytes) { fprintf(stderr, "truncated input\n"); exit(2); }
-    void *p = malloc(bytes + 16);
-    memcpy(p, cur, bytes);
-    cur += bytes;
-    return p;
-}
-static int64_t next_i64(void) { int64_t v; void *p = take(8); memcpy(&v, p, 8); free(p); return v; }
-static void *xalloc(size_t bytes)
-{
-    void *p = aligned_alloc(16, (bytes + 15) / 16 * 16 + 16);
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
-    return p;
-}
 static void put(FILE *out, const void *p, size_t bytes) { fwrite(p, 1, bytes, out); }
 static void put_i32(FILE *out, int32_t v) { put(out, &v, 4); }
 
