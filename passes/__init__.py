@@ -7,6 +7,7 @@ from .fuse_patterns import FusePatterns
 from .fuse_qdq import FuseQDQ
 from .insert_observers import InsertObservers
 from .lower_to_integer import LowerToInteger
+from .smooth_activations import SmoothActivations
 
-__all__ = ["FoldBatchNorm", "FusePatterns", "InsertObservers", "Calibrate", "ClipRanges", "CorrectBias",
+__all__ = ["FoldBatchNorm", "SmoothActivations", "FusePatterns", "InsertObservers", "Calibrate", "ClipRanges", "CorrectBias",
            "FuseQDQ", "LowerToInteger"]

@@ -121,7 +121,7 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable[Any], *,
     ctx = PassContext(config=config or QConfig(), capabilities=backend.capabilities, target=target,
                       calibration_data=calibration_data, example_inputs=example_inputs, progress=progress)
     try:
-        result = (pipeline or default_pipeline()).run(gm, ctx, dump_dir=dump_dir)
+        result = (pipeline or default_pipeline(ctx.config)).run(gm, ctx, dump_dir=dump_dir)
     except PassError as exc:
         # the user's data or model, not a pass, is at fault: their sentence, without pass internals
         if isinstance(exc.__cause__, (CalibrationError, NothingToQuantizeError)):

@@ -15,6 +15,14 @@ RANGE_METHODS = ("minmax", "percentile", "mse", "entropy")
 REQUANT_MODES = ("fp32", "fixed_point")
 
 
+def check_alpha(alpha) -> float:
+    """A SmoothQuant migration strength: a number in [0, 1]."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smoothing alpha must be a number in [0, 1] (0: scales from the weights only, "
+                         f"1: from the activations only; 0.5 is SmoothQuant's default), got {alpha!r}")
+    return float(alpha)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """How one kind of tensor (activations or weights) is quantized."""
@@ -60,6 +68,8 @@ class QConfig:
     clip_penalty: float = 4.0
     # subtract the mean output shift caused by weight rounding (passes/correct_bias.py)
     bias_correction: bool = True
+    # SmoothQuant migration strength alpha in [0, 1] (passes/smooth_activations.py); None: off
+    smoothing: Optional[float] = None
     overrides: Mapping[str, Optional["QConfig"]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -67,6 +77,8 @@ class QConfig:
             raise ValueError(f"unknown requant_mode {self.requant_mode!r}; choose one of {REQUANT_MODES}")
         if self.activation.granularity != "per_tensor":
             raise ValueError("activations are quantized per tensor")
+        if self.smoothing is not None:
+            check_alpha(self.smoothing)
 
     def for_layer(self, path: str) -> Optional["QConfig"]:
         """The config of a layer: the longest matching override prefix, else self."""
@@ -106,6 +118,11 @@ class QConfig:
     @classmethod
     def per_tensor(cls) -> "QConfig":
         return cls(weight=TensorSpec("int8_narrow", symmetric=True, granularity="per_tensor"))
+
+    @classmethod
+    def smoothquant(cls, alpha: float = 0.5) -> "QConfig":
+        """Static int8 after SmoothQuant smoothing: activation outliers migrated into weights."""
+        return cls(smoothing=alpha)
 
     @classmethod
     def weight_int4(cls) -> "QConfig":
