@@ -140,6 +140,8 @@ def _refusal(producer: fx.Node, consumers: list, modules: dict, gm: fx.GraphModu
         if not ln.elementwise_affine:
             return "its LayerNorm has no weight to fold the scale into"
         return None
+    if op == "layer_norm":
+        return "its LayerNorm is a function call (F.layer_norm); only nn.LayerNorm modules are folded into"
     if op == "linear" and producer.op == "call_module":
         if set(producer.users) != set(consumers):
             return (f"its producer {producer.target} (Linear) has other users, which would see the "
