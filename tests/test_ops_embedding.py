@@ -116,3 +116,14 @@ def test_max_norm_embedding_stays_in_float():
                                 target="reference", progress=False)
     assert not any(isinstance(m, QEmbedding) for m in qm.graph_module.modules())
     assert "max_norm" in str(qm.report())
+
+
+def test_report_measures_the_embedding_layer():
+    """report() takes the token ids as they are (the embedding has no input qparams) and gives the
+    table's isolated SQNR (quantizing the table with the output qparams)."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 7))
+    qm = _quantize(TokenModel(50, 16, positions=True), ids, "reference")
+    report = qm.report()
+    row = next(layer for layer in report.layers if layer.op == "embedding")
+    assert row.sqnr_db is not None and row.sqnr_db > 20, row

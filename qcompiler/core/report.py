@@ -122,7 +122,9 @@ def build_report(gm: fx.GraphModule, sample_inputs: Optional[tuple]) -> QuantRep
                           _fmt_qparams([getattr(mod, "weight_qparams", None)]),
                           repr(getattr(mod, "requant", "")))
         if node.name in values:
-            ins = [dequantize(values[a.name], qp) for a, qp in zip(node.args, mod.input_qparams)]
+            # inputs without qparams (an embedding's token ids) are passed as they are
+            qps = [*mod.input_qparams, *[None] * max(0, len(node.args) - len(mod.input_qparams))]
+            ins = [values[a.name] if qp is None else dequantize(values[a.name], qp) for a, qp in zip(node.args, qps)]
             try:
                 ref = mod.float_reference(*ins)
                 row.sqnr_db = sqnr_db(ref, dequantize(values[node.name], mod.output_qparams))
