@@ -38,7 +38,7 @@ from qcompiler.core.shapes import VALUE_KEY, propagate_values
 
 from . import toolchain
 from .base import Backend
-from .c_emitter import EMITTED_OPS, GemmLowering, Lowering, render, unsupported
+from .c_emitter import GemmLowering, Lowering, render, unsupported
 from .native_model import NativeArtifact, NativeModel
 
 C_RUNTIME_DIR = Path(__file__).resolve().parent / "c_runtime"

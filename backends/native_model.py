@@ -227,8 +227,8 @@ class ExecutableProgram:
             out = self._call(["profile", str(self._weights_file), str(inputs), str(repeats), str(warmup),
                               str(threads)])
         except _ProgramFailed as failed:
-            raise NativeModelError(f"qc_model_run failed: {model_error(failed.code, lambda c: failed.message)}") \
-                from None
+            message = failed.message
+            raise NativeModelError(f"qc_model_run failed: {model_error(failed.code, lambda _: message)}") from None
         rows = [line.split("\t", 1) for line in out.stdout.splitlines() if line]
         return [(name, int(ns)) for ns, name in rows]
 

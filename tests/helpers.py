@@ -35,6 +35,29 @@ modes = st.sampled_from(["fp32", "fixed_point"])
 act_dtypes = st.sampled_from(["uint8", "int8"])
 
 
+class SmallNet(torch.nn.Module):
+    """Every kind of step in a few layers: 3x3 / 1x1 / grouped / depthwise convs, pools, add, cat, linear."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 16, 3, 2, 1)
+        self.dw = nn.Conv2d(16, 16, 3, 1, 1, groups=16)
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.grouped = nn.Conv2d(16, 8, 3, 1, 1, groups=4)
+        self.fc = nn.Linear(24 * 2 * 2, 10)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        y = F.relu(self.stem(x))
+        y = F.max_pool2d(y, 3, 2, 1)
+        z = F.relu6(self.dw(y))
+        y = F.relu(self.pw(z) + y)
+        y = torch.cat([y, self.grouped(y)], 1)
+        y = F.avg_pool2d(y, 2)
+        return self.fc(torch.flatten(y, 1))
+
+
 class Fn(torch.nn.Module):
     """A function of one tensor as a module (fx traces no *args)."""
 

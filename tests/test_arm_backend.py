@@ -9,16 +9,13 @@ interpreter's bit for bit: floats compared with torch.equal, integers byte for b
 """
 import dataclasses
 import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import qcompiler
@@ -32,6 +29,7 @@ from qcompiler.core.integer_ops import Dequantize
 from qcompiler.core.reference import run_reference
 from qcompiler.zoo import prepare_random_model, smooth_random_images
 
+from helpers import SmallNet
 from model_sources import import_torchvision, zoo_vit_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,27 +41,6 @@ EMULATED = not ArmBackend.runs_natively()
 EM_AARCH64 = 183      # ELF e_machine
 MINMAX = QConfig(activation=TensorSpec("uint8", symmetric=False, observer="minmax"))
 FULL_INT8 = MINMAX.with_(weight=TensorSpec("int8", symmetric=True, granularity="per_channel"))
-
-
-class SmallNet(nn.Module):
-    """Every kind of step in a few layers: 3x3 / 1x1 / grouped / depthwise convs, pools, add, cat, linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, 2, 1)
-        self.dw = nn.Conv2d(16, 16, 3, 1, 1, groups=16)
-        self.pw = nn.Conv2d(16, 16, 1)
-        self.grouped = nn.Conv2d(16, 8, 3, 1, 1, groups=4)
-        self.fc = nn.Linear(24 * 2 * 2, 10)
-
-    def forward(self, x):
-        y = F.relu(self.stem(x))
-        y = F.max_pool2d(y, 3, 2, 1)
-        z = F.relu6(self.dw(y))
-        y = F.relu(self.pw(z) + y)
-        y = torch.cat([y, self.grouped(y)], 1)
-        y = F.avg_pool2d(y, 2)
-        return self.fc(torch.flatten(y, 1))
 
 
 def compile_for(qm, target: str, **kw):

@@ -27,26 +27,7 @@ pytestmark = pytest.mark.skipif(not ok, reason=f"x86 target unavailable: {why}")
 from qcompiler.backends.c_emitter import BackendUnsupported  # noqa: E402
 from qcompiler.backends.native_model import NativeModel, load_bundle  # noqa: E402
 
-
-class SmallNet(nn.Module):
-    """Every kernel in a few layers: 3x3/1x1/grouped/depthwise convs, pools, add, cat, linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, 2, 1)
-        self.dw = nn.Conv2d(16, 16, 3, 1, 1, groups=16)
-        self.pw = nn.Conv2d(16, 16, 1)
-        self.grouped = nn.Conv2d(16, 8, 3, 1, 1, groups=4)
-        self.fc = nn.Linear(24 * 2 * 2, 10)
-
-    def forward(self, x):
-        y = F.relu(self.stem(x))
-        y = F.max_pool2d(y, 3, 2, 1)
-        z = F.relu6(self.dw(y))
-        y = F.relu(self.pw(z) + y)
-        y = torch.cat([y, self.grouped(y)], 1)
-        y = F.avg_pool2d(y, 2)
-        return self.fc(torch.flatten(y, 1))
+from helpers import SmallNet  # noqa: E402
 
 
 def quantized(model, x, mode="fp32", act="uint8"):

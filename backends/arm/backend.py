@@ -20,8 +20,8 @@ from qcompiler.core.qconfig import GRANULARITIES, Capabilities
 
 from .. import cpu, toolchain
 from ..base import BackendUnsupported
-from ..c_emitter import SERIAL_BELOW_MACS, GemmLowering, Lowering, RequantArrays
-from ..c_target import EMITTED_OPS, SHARED_RUNTIME_FILES, CTarget, TargetSettings
+from ..c_emitter import EMITTED_OPS, SERIAL_BELOW_MACS, GemmLowering, Lowering, RequantArrays
+from ..c_target import SHARED_RUNTIME_FILES, CTarget, TargetSettings
 from . import gemm
 from .gemm import GLUE_DIR
 

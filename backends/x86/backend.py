@@ -17,8 +17,8 @@ import torch
 from qcompiler.core.qconfig import GRANULARITIES, Capabilities
 
 from .. import cpu
-from ..c_emitter import SERIAL_BELOW_MACS, GemmLowering, Lowering, RequantArrays
-from ..c_target import EMITTED_OPS, CTarget, TargetSettings
+from ..c_emitter import EMITTED_OPS, SERIAL_BELOW_MACS, GemmLowering, Lowering, RequantArrays
+from ..c_target import CTarget, TargetSettings
 from . import gemm, runtime_library
 from .runtime_library import GLUE_DIR
 

@@ -131,14 +131,9 @@ int main(int argc, char **argv)
         if (found < 0) { fprintf(stderr, "unknown level %s\n", tok); return 2; }
         levels[nlevels++] = found;
     }
-    FILE *in = fopen(argv[2], "rb"), *out = fopen(argv[3], "wb");
-    if (!in || !out) { perror("open"); return 2; }
-    fseek(in, 0, SEEK_END);
-    long size = ftell(in);
-    fseek(in, 0, SEEK_SET);
-    uint8_t *data = malloc((size_t)size + 1);
-    if (fread(data, 1, (size_t)size, in) != (size_t)size) { perror("read"); return 2; }
-    cur = data, end = data + size;
+    if (read_input(argv[2])) return 2;
+    FILE *out = fopen(argv[3], "wb");
+    if (!out) { perror("open"); return 2; }
     for (int64_t index = 0;; index++) {
         int64_t tag = next_i64();
         if (tag == 0) break;
@@ -146,6 +141,5 @@ int main(int argc, char **argv)
         else if (tag == 2) run_dw(out, levels, nlevels);
         else { fprintf(stderr, "bad tag %lld\n", (long long)tag); return 2; }
     }
-    fclose(in);
     return fclose(out) ? 2 : 0;
 }

@@ -144,14 +144,9 @@ static void run_texts(FILE *out)
 int main(int argc, char **argv)
 {
     if (argc != 3) { fprintf(stderr, "usage: %s IN OUT\n", argv[0]); return 2; }
-    FILE *in = fopen(argv[1], "rb"), *out = fopen(argv[2], "wb");
-    if (!in || !out) { perror("open"); return 2; }
-    fseek(in, 0, SEEK_END);
-    long size = ftell(in);
-    fseek(in, 0, SEEK_SET);
-    uint8_t *data = malloc((size_t)size + 1);
-    if (fread(data, 1, (size_t)size, in) != (size_t)size) { perror("read"); return 2; }
-    cur = data, end = data + size;
+    if (read_input(argv[1])) return 2;
+    FILE *out = fopen(argv[2], "wb");
+    if (!out) { perror("open"); return 2; }
     for (int64_t index = 0;; index++) {
         int64_t tag = next_i64();
         if (tag == 0) break;
@@ -159,7 +154,6 @@ int main(int argc, char **argv)
         else if (tag == 2) run_texts(out);
         else { fprintf(stderr, "bad tag %lld\n", (long long)tag); return 2; }
     }
-    fclose(in);
     free(data);
     return fclose(out) ? 2 : 0;
 }
