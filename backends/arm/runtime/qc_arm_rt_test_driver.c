@@ -154,6 +154,5 @@ int main(int argc, char **argv)
         else if (tag == 2) run_texts(out);
         else { fprintf(stderr, "bad tag %lld\n", (long long)tag); return 2; }
     }
-    free(data);
     return fclose(out) ? 2 : 0;
 }
