@@ -7,7 +7,8 @@ from .fuse_patterns import FusePatterns
 from .fuse_qdq import FuseQDQ
 from .insert_observers import InsertObservers
 from .lower_to_integer import LowerToInteger
+from .quantize_weights import QuantizeWeights
 from .smooth_activations import SmoothActivations
 
-__all__ = ["FoldBatchNorm", "SmoothActivations", "FusePatterns", "InsertObservers", "Calibrate", "ClipRanges", "CorrectBias",
+__all__ = ["FoldBatchNorm", "SmoothActivations", "QuantizeWeights", "FusePatterns", "InsertObservers", "Calibrate", "ClipRanges", "CorrectBias",
            "FuseQDQ", "LowerToInteger"]

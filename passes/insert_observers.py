@@ -18,6 +18,7 @@ from qcompiler.core import embedding_ops
 from qcompiler.core import reduce_ops
 from qcompiler.core.graph_utils import add_module
 from qcompiler.core.input_stats import ChannelMean
+from qcompiler.core.integer_ops import IntegerOp
 from qcompiler.core.meta import GraphState, graph_info, has_node_info, node_info
 from qcompiler.core.observers import make_observer
 from qcompiler.core.op_table import (COMPUTE_OPS, LOOKUP_OPS, SHARED_OPS, TUPLE_OPS, WEIGHTED_OPS, canonical_op,
@@ -55,6 +56,11 @@ def _float_reason(node, op, modules, cfg, caps) -> Optional[str]:
     if op == "embedding":
         return embedding_ops.float_reason(modules[node.target]) or None
     return None
+
+
+def _has_float_domain_ops(gm: fx.GraphModule) -> bool:
+    """Does quantize_weights' work (dynamic, weight-only, half ops) stand in the graph?"""
+    return any(isinstance(m, IntegerOp) for m in gm.modules())
 
 
 class NothingToQuantizeError(ValueError):
@@ -121,6 +127,12 @@ class InsertObservers(Pass):
                 continue
             layer = node_info(node).source_layer or node.name
             cfg = ctx.config.for_layer(layer)
+            if cfg is not None and cfg.method != "static":
+                # dynamic / weight-only / half: quantize_weights took the Linears; the rest is float by design
+                if op in WEIGHTED_OPS and not node_info(node).float_reason:
+                    node_info(node).float_reason = f"method {cfg.method} quantizes Linear layers only"
+                    ginfo.note(f"{layer} ({op}) left in float: {node_info(node).float_reason}")
+                continue
             if cfg is not None:
                 cfg, notes = cfg.restricted_to(ctx.capabilities)
                 for line in notes:
@@ -145,7 +157,7 @@ class InsertObservers(Pass):
             if op == "embedding":       # any row may be looked up: the range covers the whole table
                 gm.get_submodule(observed[out].target)(modules[node.target].weight.detach())
             changes[f"quantized_{op}"] += 1
-        if not changes["activation_observers"]:
+        if not changes["activation_observers"] and not _has_float_domain_ops(gm):
             raise NothingToQuantizeError(_nothing_to_quantize(gm, modules, ctx))
         return PassResult(gm, changes)
 

@@ -6,16 +6,19 @@ from typing import Optional
 from qcompiler.core.pass_manager import PassManager
 from qcompiler.core.qconfig import QConfig
 from qcompiler.passes import (Calibrate, ClipRanges, CorrectBias, FoldBatchNorm, FusePatterns,
-                              FuseQDQ, InsertObservers, LowerToInteger, SmoothActivations)
+                              FuseQDQ, InsertObservers, LowerToInteger, QuantizeWeights,
+                              SmoothActivations)
 
 
 def default_pipeline(config: Optional[QConfig] = None) -> PassManager:
     """float graph → INTEGER graph. Edit the returned manager to insert/replace/drop passes.
 
     ``config`` adds the optional passes it asks for: ``smoothing`` puts smooth_activations
-    (float-preserving, → same state) right after fold_batchnorm."""
+    (float-preserving, → same state) right after fold_batchnorm, so that quantize_weights and
+    the static passes see the smoothed weights."""
     pm = PassManager([
         FoldBatchNorm(),      # FLOAT → BN_FOLDED          conv/linear + BN folded (float-preserving)
+        QuantizeWeights(),    #   (dynamic/weight-only/half layers: their float-in float-out ops)
         FusePatterns(),       # → FUSED                    conv/linear/add + relu/relu6/clamp marked
         InsertObservers(),    # → OBSERVED                 QConfig ∩ target capabilities decide what is int8
         Calibrate(),          # → CALIBRATED               batches streamed through observers

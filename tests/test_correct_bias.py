@@ -42,5 +42,5 @@ def test_bias_correction_reduces_the_mean_error():
         qm = qcompiler.quantize(model, calib, config=QConfig(weight=QConfig.weight_int4().weight,
                                                              bias_correction=flag), progress=False)
         errors[flag] = float((qm(x) - model(x).detach()).mean(0).abs().mean())
-        assert qm.pipeline_result.records[5].changes["corrected"] == (1 if flag else 0)
+        assert qm.pipeline_result.record("correct_bias").changes["corrected"] == (1 if flag else 0)
     assert errors[True] < 0.5 * errors[False]

@@ -33,7 +33,7 @@ def count_nodes(gm, ctx):
 
 def test_default_pipeline_order_on_one_screen():
     pm = qcompiler.default_pipeline()
-    assert pm.names() == ["fold_batchnorm", "fuse_patterns", "insert_observers", "calibrate",
+    assert pm.names() == ["fold_batchnorm", "quantize_weights", "fuse_patterns", "insert_observers", "calibrate",
                           "clip_ranges", "correct_bias", "fuse_qdq", "lower_to_integer"]
     text = pm.describe()
     assert len(text.splitlines()) <= 25 and "lower_to_integer" in text and "INTEGER" in text

@@ -192,11 +192,11 @@ def test_every_range_method_runs_end_to_end(method):
 def test_dataloader_with_labels_and_generator_calibration():
     data = TensorDataset(torch.randn(32, 3, 8, 8), torch.randint(0, 10, (32,)))
     qm = qcompiler.quantize(small_cnn(), DataLoader(data, batch_size=8), progress=False)
-    counts = qm.pipeline_result.records[3].changes
+    counts = qm.pipeline_result.record("calibrate").changes
     assert counts["batches"] == 4 and counts["samples"] == 32
     gen = (torch.randn(4, 3, 8, 8) for _ in range(3))
     qm2 = qcompiler.quantize(small_cnn(), gen, progress=False)
-    assert qm2.pipeline_result.records[3].changes["batches"] == 3      # first batch not lost
+    assert qm2.pipeline_result.record("calibrate").changes["batches"] == 3      # first batch not lost
 
 
 def test_report_rows_and_dict():

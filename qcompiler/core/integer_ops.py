@@ -39,6 +39,9 @@ INTEGER_OPS = INTEGER_OPS | {"matmul", "softmax", "layer_norm"}
 INTEGER_OPS = INTEGER_OPS | {"mean"}
 #: embedding lookups (core/embedding_ops.py)
 INTEGER_OPS = INTEGER_OPS | {"embedding"}
+#: float-in float-out extensions: dynamic int8 (core/dynamic_ops.py), weight-only int8/int4/NF4 and
+#: half precision (core/weight_only_ops.py)
+INTEGER_OPS = INTEGER_OPS | {"dynamic_linear", "weight_only_linear", "weight_only_embedding", "half_linear"}
 #: value-preserving views and copies on int8 (core/op_table.py SHARED_OPS of the shapes family)
 INTEGER_OPS = INTEGER_OPS | {"chunk", "split", "tensor_split", "unbind", "narrow", "select", "getitem", "expand",
                              "repeat"}

@@ -109,6 +109,13 @@ class PipelineResult:
     graph_module: fx.GraphModule
     records: list
 
+    def record(self, name: str) -> PassRecord:
+        """The record of the pass called ``name``."""
+        for r in self.records:
+            if r.name == name:
+                return r
+        raise KeyError(f"no pass {name!r} ran; these did: {[r.name for r in self.records]}")
+
     def summary(self) -> str:
         rows = [f"{'pass':<22}{'time (ms)':>10}  changes"]
         for r in self.records:

@@ -9,7 +9,16 @@ from typing import Mapping, Optional
 
 from .qtypes import QType, qtype
 
+GROUP_SIZES = (32, 64, 128)
+
 GRANULARITIES = ("per_tensor", "per_channel")
+#: how a layer is quantized: static int8 (calibrated ranges), dynamic int8 (activation ranges
+#: measured per call, core/dynamic_ops.py), weight-only int8/int4/NF4 (core/weight_only_ops.py),
+#: or half precision (bfloat16/float16 weights and inputs, float32 accumulation)
+METHODS = ("static", "dynamic", "weight_only", "half")
+#: weight dtypes beyond the integer qtypes: NF4 levels (weight-only) and the half precisions
+WEIGHT_FORMATS = ("nf4", "bfloat16", "float16")
+HALF_DTYPES = ("bfloat16", "float16")
 OBSERVERS = ("minmax", "moving_average", "histogram")
 RANGE_METHODS = ("minmax", "percentile", "mse", "entropy")
 REQUANT_MODES = ("fp32", "fixed_point")
@@ -29,13 +38,20 @@ class TensorSpec:
 
     dtype: str
     symmetric: bool
-    granularity: str = "per_tensor"
+    granularity: str = "per_tensor"     # also "per_token" (dynamic activations), "per_group" (weight-only)
     observer: str = "minmax"
     range_method: str = "minmax"
+    group_size: Optional[int] = None    # values per scale along K, with granularity="per_group"
 
     def __post_init__(self):
-        qtype(self.dtype)
-        for value, allowed, what in ((self.granularity, GRANULARITIES, "granularity"),
+        if self.dtype not in WEIGHT_FORMATS:
+            qtype(self.dtype)
+        if (self.granularity == "per_group") != (self.group_size is not None):
+            raise ValueError("granularity='per_group' goes with a group_size (32, 64 or 128), and a group_size "
+                             f"with granularity='per_group' only; got {self.granularity!r}, {self.group_size!r}")
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
+            raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
+        for value, allowed, what in ((self.granularity, GRANULARITIES + ("per_token", "per_group"), "granularity"),
                                      (self.observer, OBSERVERS, "observer"),
                                      (self.range_method, RANGE_METHODS, "range_method")):
             if value not in allowed:
@@ -70,15 +86,21 @@ class QConfig:
     bias_correction: bool = True
     # SmoothQuant migration strength alpha in [0, 1] (passes/smooth_activations.py); None: off
     smoothing: Optional[float] = None
+    # static | dynamic | weight_only | half (METHODS); dynamic/weight_only/half apply to Linear
+    # layers (weight-only also to Embedding), everything else of such a layer config stays float
+    method: str = "static"
+    # weight-only: compute in float32, or round inputs and weights to bfloat16 (vdpbf16ps)
+    compute: str = "float32"
     overrides: Mapping[str, Optional["QConfig"]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.requant_mode not in REQUANT_MODES:
             raise ValueError(f"unknown requant_mode {self.requant_mode!r}; choose one of {REQUANT_MODES}")
-        if self.activation.granularity != "per_tensor":
-            raise ValueError("activations are quantized per tensor")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.smoothing is not None:
             check_alpha(self.smoothing)
+        check_method(self)
 
     def for_layer(self, path: str) -> Optional["QConfig"]:
         """The config of a layer: the longest matching override prefix, else self."""
@@ -126,7 +148,62 @@ class QConfig:
 
     @classmethod
     def weight_int4(cls) -> "QConfig":
+        """Static int8 activations with int4 per-channel weights."""
         return cls(weight=TensorSpec("int4", symmetric=True, granularity="per_channel"))
+
+    @classmethod
+    def dynamic(cls, per_token: bool = True, symmetric: bool = True,
+                smoothing: Optional[float] = None) -> "QConfig":
+        """Dynamic int8 for Linear layers: per-channel int8 weights, activation ranges measured at run
+        time per token (row) or per tensor; symmetric int8 or asymmetric uint8 activations."""
+        act = TensorSpec("int8" if symmetric else "uint8", symmetric=symmetric,
+                         granularity="per_token" if per_token else "per_tensor")
+        return cls(method="dynamic", activation=act, smoothing=smoothing, bias_correction=False,
+                   weight=TensorSpec("int8_narrow", symmetric=True, granularity="per_channel"))
+
+    @classmethod
+    def weight_only(cls, dtype: str = "int4", group_size: Optional[int] = 32, symmetric: bool = True,
+                    compute: str = "float32") -> "QConfig":
+        """Weight-only int8/int4/NF4 for Linear and Embedding layers, per group of ``group_size``
+        along K (None: per channel); activations stay float."""
+        spec = TensorSpec(dtype, symmetric=symmetric, granularity="per_group" if group_size else "per_channel",
+                          group_size=group_size)
+        return cls(method="weight_only", weight=spec, compute=compute, bias_correction=False)
+
+    @classmethod
+    def half(cls, dtype: str = "bfloat16") -> "QConfig":
+        """Linear layers in half precision: bfloat16/float16 weights and inputs, float32 accumulation."""
+        return cls(method="half", weight=TensorSpec(dtype, symmetric=True, granularity="per_tensor"),
+                   bias_correction=False)
+
+
+def check_method(cfg: QConfig) -> None:
+    """What each method accepts (a mistake is reported here, not as odd numbers later)."""
+    act, w = cfg.activation, cfg.weight
+    if cfg.method == "static":
+        if act.granularity != "per_tensor":
+            raise ValueError("static activations are quantized per tensor (per_token is for method='dynamic')")
+        if w.granularity == "per_group" or w.dtype in WEIGHT_FORMATS:
+            raise ValueError(f"static int8 takes integer weights per tensor or per channel; {w.dtype} "
+                             f"{w.granularity} weights are for method='weight_only' (QConfig.weight_only())")
+    elif cfg.method == "dynamic":
+        if act.granularity not in ("per_tensor", "per_token") or (act.dtype, act.symmetric) not in (
+                ("int8", True), ("uint8", False)):
+            raise ValueError("dynamic activations are int8 symmetric or uint8 asymmetric, per_tensor or per_token "
+                             f"(QConfig.dynamic()); got {act.dtype} symmetric={act.symmetric} {act.granularity}")
+        if w.dtype not in ("int8", "int8_narrow") or not w.symmetric or w.granularity == "per_group":
+            raise ValueError("dynamic quantization takes symmetric int8 weights per channel or per tensor")
+    elif cfg.method == "weight_only":
+        from .weight_only_ops import COMPUTE_DTYPES, WEIGHT_ONLY_DTYPES
+        if w.dtype not in WEIGHT_ONLY_DTYPES or w.granularity == "per_tensor":
+            raise ValueError(f"weight-only weights are one of {WEIGHT_ONLY_DTYPES}, per_channel or per_group "
+                             f"(QConfig.weight_only()); got {w.dtype} {w.granularity}")
+        if not w.symmetric and w.dtype != "int4":
+            raise ValueError(f"asymmetric weight-only quantization is offered for int4 only, not {w.dtype}")
+        if cfg.compute not in COMPUTE_DTYPES:
+            raise ValueError(f"compute must be one of {COMPUTE_DTYPES}, got {cfg.compute!r}")
+    elif cfg.method == "half" and w.dtype not in HALF_DTYPES:
+        raise ValueError(f"half precision stores weights as one of {HALF_DTYPES}, got {w.dtype} (QConfig.half())")
 
 
 @dataclass(frozen=True)

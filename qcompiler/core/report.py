@@ -120,14 +120,16 @@ def build_report(gm: fx.GraphModule, sample_inputs: Optional[tuple]) -> QuantRep
         row = LayerReport(mod.source_layer or node.name, mod.op_name, _fmt_qparams(mod.input_qparams),
                           _fmt_qparams([mod.output_qparams]),
                           _fmt_qparams([getattr(mod, "weight_qparams", None)]),
-                          repr(getattr(mod, "requant", "")))
+                          repr(getattr(mod, "requant", "")) if hasattr(mod, "requant") else mod.extra_repr())
         if node.name in values:
             # inputs without qparams (an embedding's token ids) are passed as they are
             qps = [*mod.input_qparams, *[None] * max(0, len(node.args) - len(mod.input_qparams))]
             ins = [values[a.name] if qp is None else dequantize(values[a.name], qp) for a, qp in zip(node.args, qps)]
             try:
                 ref = mod.float_reference(*ins)
-                row.sqnr_db = sqnr_db(ref, dequantize(values[node.name], mod.output_qparams))
+                out = values[node.name]
+                # dynamic / weight-only / half ops return float already
+                row.sqnr_db = sqnr_db(ref, out if mod.output_qparams is None else dequantize(out, mod.output_qparams))
             except (NotImplementedError, AttributeError):
                 row.sqnr_db = None
         report.layers.append(row)

@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch.fx as fx
 
+from .integer_ops import IntegerOp
 from .meta import GraphState, has_node_info, node_info
 from .op_table import WEIGHTED_OPS, canonical_op
 
@@ -50,7 +51,9 @@ def _fused(gm) -> Problems:
 
 
 def _observed(gm) -> Problems:
-    return [] if _observers(gm) else [(None, "the graph has no observers")]
+    # an all-dynamic / weight-only graph needs none: its ops were quantized by quantize_weights
+    quantized = any(isinstance(m, IntegerOp) for m in gm.modules())
+    return [] if _observers(gm) or quantized else [(None, "the graph has no observers")]
 
 
 def _calibrated(gm) -> Problems:

@@ -1,0 +1,249 @@
+"""Weight-only quantization: int8 / int4 / NF4 weights with per-channel or per-group scales.
+
+Activations stay float32; only the weights are stored in few bits, which is what makes the
+memory-bound decode GEMV (one token at a time) fast. Each output channel's K weights are cut
+into groups of ``group_size`` consecutive values (per channel: one group of K), each with its
+own float32 scale (and, for asymmetric int4, its own zero point).
+
+Exact semantics (docs/numerics.md, "Weight-only quantization"):
+
+    int8  (symmetric):  code ∈ [−127, 127],  ŵ = f32(code) · s
+    int4  (symmetric):  nibble ∈ [1, 15],    ŵ = f32(nibble − 8) · s       (values −7..7)
+    int4  (asymmetric): nibble ∈ [0, 15],    ŵ = f32(nibble − zp) · s      (zp per group, 0..15)
+    nf4:                nibble ∈ [0, 15],    ŵ = NF4[nibble] · s           (s = the group's max |w|)
+    y = f32(Σ_k x_k · ŵ_k) + bias     the dot product exact, then rounded once to float32
+
+4-bit codes are packed two per byte along K: the low nibble holds the even k, the high
+nibble the odd k. A kernel's float32 accumulation differs from the exactly rounded dot
+product by at most its rounding error (tests/test_weight_only_ops.py states the bound); the
+dequantized weights ŵ themselves are exact, and so is the embedding (a copy of ŵ's rows).
+With ``compute="bfloat16"``, x and ŵ are rounded to bfloat16 first (products are exact in
+float32), as ``vdpbf16ps`` computes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .integer_ops import IntegerOp
+
+#: weight formats of weight-only quantization, and the group sizes offered along K
+WEIGHT_ONLY_DTYPES = ("int8", "int4", "nf4")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+#: the 16 NormalFloat-4 levels (QLoRA, Dettmers et al. 2023): quantiles of N(0, 1) scaled to [-1, 1],
+#: with an exact zero
+NF4_LEVELS = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+    0.7229568362236023, 1.0], dtype=torch.float32)
+
+#: the implicit zero point of symmetric int4 nibbles (code = value + 8)
+INT4_SYMMETRIC_ZERO = 8
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """[N, K] codes in 0..15 → uint8 [N, K/2]: even k in the low nibble, odd k in the high."""
+    c = codes.to(torch.uint8)
+    return (c[:, 0::2] | (c[:, 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of pack_nibbles: uint8 [N, K/2] → int64 [N, K]."""
+    p = packed.to(torch.int64)
+    return torch.stack([p & 15, p >> 4], dim=-1).reshape(p.shape[0], -1)
+
+
+class QuantizedWeight:
+    """A [N, K] float weight quantized per group: codes (packed for 4 bits), scales, zero points."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor],
+                 dtype: str, group_size: int, k: int):
+        self.codes, self.scales, self.zero_points = codes, scales, zero_points
+        self.dtype, self.group_size, self.k = dtype, group_size, k
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, dtype: str, group_size: Optional[int], symmetric: bool = True):
+        """Round a float weight to ``dtype`` with one scale per ``group_size`` values along K (None: per
+        channel). Scales are float32; codes are the nearest level (ties to even)."""
+        if dtype not in WEIGHT_ONLY_DTYPES:
+            raise ValueError(f"weight-only dtype must be one of {WEIGHT_ONLY_DTYPES}, got {dtype!r}")
+        if not symmetric and dtype != "int4":
+            raise ValueError(f"asymmetric weight-only quantization is offered for int4 only, not {dtype}")
+        w = weight.detach().to(torch.float32)
+        n, k = w.shape
+        g = k if group_size is None else group_size
+        if k % g or (dtype != "int8" and k % 2):
+            raise ValueError(f"K={k} is not a multiple of the group size {g}" if k % g
+                             else f"K={k} is odd: 4-bit codes are packed two per byte")
+        wg = w.reshape(n, k // g, g)
+        zps = None
+        if dtype == "nf4":
+            scales = wg.abs().amax(dim=2)
+            unit = wg / torch.where(scales > 0, scales, torch.ones_like(scales))[..., None]
+            codes = (unit[..., None] - NF4_LEVELS).abs().argmin(dim=-1)
+        elif symmetric:
+            top = 127.0 if dtype == "int8" else 7.0
+            scales = wg.abs().amax(dim=2) / top
+            values = torch.clamp(torch.round(wg / _nonzero(scales)[..., None]), -top, top).to(torch.int64)
+            codes = values if dtype == "int8" else values + INT4_SYMMETRIC_ZERO
+        else:
+            lo = torch.minimum(wg.amin(dim=2), torch.zeros(()))
+            hi = torch.maximum(wg.amax(dim=2), torch.zeros(()))
+            scales = (hi - lo) / 15.0
+            zps = torch.clamp(torch.round(-lo / _nonzero(scales)), 0, 15).to(torch.int64)
+            codes = torch.clamp(torch.round(wg / _nonzero(scales)[..., None]) + zps[..., None], 0, 15).to(torch.int64)
+        codes = codes.reshape(n, k)
+        stored = codes.to(torch.int8) if dtype == "int8" else pack_nibbles(codes)
+        return cls(stored, scales.contiguous(), None if zps is None else zps.to(torch.uint8).contiguous(),
+                   dtype, g, k)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero_points is None
+
+    def dequantize(self) -> torch.Tensor:
+        """ŵ, float32 [N, K] (module docstring)."""
+        n, g = self.codes.shape[0], self.group_size
+        if self.dtype == "int8":
+            values = self.codes.to(torch.float32).reshape(n, -1, g)
+        else:
+            codes = unpack_nibbles(self.codes).reshape(n, -1, g)
+            if self.dtype == "nf4":
+                values = NF4_LEVELS[codes]
+            else:
+                zp = INT4_SYMMETRIC_ZERO if self.zero_points is None else self.zero_points.to(torch.int64)[..., None]
+                values = (codes - zp).to(torch.float32)
+        return (values * self.scales[..., None]).reshape(n, self.k)
+
+    def describe(self) -> str:
+        groups = "per channel" if self.group_size == self.k else f"groups of {self.group_size}"
+        sym = "" if self.dtype != "int4" else (" symmetric" if self.symmetric else " asymmetric")
+        return f"{self.dtype}{sym}, {groups}"
+
+
+def _nonzero(scales: torch.Tensor) -> torch.Tensor:
+    """A group of zeros has scale 0; dividing by 1 instead gives its codes (all zero) unchanged."""
+    return torch.where(scales > 0, scales, torch.ones_like(scales))
+
+
+def reconstruction_sqnr_db(weight: torch.Tensor, qw: QuantizedWeight) -> float:
+    """10·log10(‖w‖² / ‖w − ŵ‖²) of a weight and its quantized form."""
+    w = weight.detach().to(torch.float64)
+    err = float(((w - qw.dequantize().to(torch.float64)) ** 2).sum())
+    return math.inf if err == 0 else 10 * math.log10(float((w ** 2).sum()) / err)
+
+
+def round_bfloat16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).to(torch.float32)
+
+
+def exact_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """f32(Σ_k x_k · w_k) + bias: the dot products exact (float64 holds every product of two
+    float32 values with ≤ 24-bit mantissas exactly, and their sums to within 2^-53 relative),
+    rounded once to float32, then the bias added in float32."""
+    y = torch.matmul(x.to(torch.float64), w.to(torch.float64).t()).to(torch.float32)
+    return y if bias is None else y + bias
+
+
+class QWeightOnlyLinear(IntegerOp):
+    """y = x · ŵᵀ + b with ŵ the dequantized int8/int4/NF4 weight (module docstring)."""
+
+    op_name = "weight_only_linear"
+
+    def __init__(self, qweight: QuantizedWeight, bias: Optional[torch.Tensor], compute: str = "float32",
+                 source_layer: str = ""):
+        super().__init__([], None, source_layer)
+        if compute not in COMPUTE_DTYPES:
+            raise ValueError(f"compute must be one of {COMPUTE_DTYPES}, got {compute!r}")
+        self.register_buffer("codes", qweight.codes)
+        self.register_buffer("scales", qweight.scales)
+        self.register_buffer("zero_points", qweight.zero_points)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32))
+        self.dtype, self.group_size, self.in_features = qweight.dtype, qweight.group_size, qweight.k
+        self.compute = compute
+
+    @property
+    def qweight(self) -> QuantizedWeight:
+        return QuantizedWeight(self.codes, self.scales, self.zero_points, self.dtype, self.group_size,
+                               self.in_features)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.codes.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.qweight.dequantize()
+        x = x.to(torch.float32)
+        if self.compute == "bfloat16":
+            x, w = round_bfloat16(x), round_bfloat16(w)
+        return exact_linear(x, w, self.bias)
+
+    def _float_op(self, x):
+        return F.linear(x, self.float_weight, self.float_bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.source_layer}: w[{self.out_features}, {self.in_features}] {self.qweight.describe()}, "
+                f"compute {self.compute}")
+
+
+class QWeightOnlyEmbedding(IntegerOp):
+    """y[..., :] = ŵ[ids[...], :]: rows of the dequantized table (exact: a copy of ŵ)."""
+
+    op_name = "weight_only_embedding"
+
+    def __init__(self, qweight: QuantizedWeight, source_layer: str = ""):
+        super().__init__([], None, source_layer)
+        self.register_buffer("codes", qweight.codes)
+        self.register_buffer("scales", qweight.scales)
+        self.register_buffer("zero_points", qweight.zero_points)
+        self.dtype, self.group_size, self.embedding_dim = qweight.dtype, qweight.group_size, qweight.k
+
+    @property
+    def qweight(self) -> QuantizedWeight:
+        return QuantizedWeight(self.codes, self.scales, self.zero_points, self.dtype, self.group_size,
+                               self.embedding_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        from .embedding_ops import check_indices
+        check_indices(ids, int(self.codes.shape[0]), f"{self.source_layer} (Embedding)")
+        return self.qweight.dequantize()[ids]
+
+    def _float_op(self, ids):
+        return self.float_weight[ids]
+
+    def extra_repr(self) -> str:
+        return f"{self.source_layer}: [{self.codes.shape[0]}, {self.embedding_dim}] {self.qweight.describe()}"
+
+
+class QHalfLinear(IntegerOp):
+    """y = f32(Σ_k h(x_k) · w_k) + b with weights stored in half precision and the input rounded
+    to it (h: round to bfloat16 or float16, ties to even). A product of two halves is exact in
+    float32 (8 + 8 or 11 + 11 significant bits), so only the accumulation rounds."""
+
+    op_name = "half_linear"
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], source_layer: str = ""):
+        super().__init__([], None, source_layer)
+        if weight.dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"{source_layer}: half-precision weights are bfloat16 or float16, got {weight.dtype}")
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32))
+
+    @property
+    def half_dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xh = x.to(torch.float32).to(self.half_dtype).to(torch.float32)
+        return exact_linear(xh, self.weight.to(torch.float32), self.bias)
+
+    def _float_op(self, x):
+        return F.linear(x, self.float_weight, self.float_bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.source_layer}: w{tuple(self.weight.shape)} {str(self.half_dtype).replace('torch.', '')}"
