@@ -26,8 +26,8 @@ from . import lower_embedding, lower_shapes
 from .extensions import INTEGER_LOWERINGS, OP_LOWERINGS
 from .lower_gemm_ops import pair, space_to_depth_plan
 from .literals import c_float
-from .program import (INPUT_QPARAMS, BackendUnsupported, GemmLowering, IOSpec, Program, QTensor, RequantArrays, Step,
-                      c_requant_mode, stored, unsupported)
+from .program import (INPUT_QPARAMS, BackendUnsupported, FTensor, GemmLowering, IOSpec, Program, QTensor, RequantArrays,
+                      Step, c_requant_mode, stored, unsupported)
 from .weights import WeightsBlob
 
 SERIAL_BELOW_MACS = 1 << 19
@@ -63,6 +63,7 @@ class Lowering:
         self.plan = MemoryPlan()
         self.steps: list[Step] = []
         self.values: dict[fx.Node, QTensor] = {}
+        self.float_values: dict[fx.Node, FTensor] = {}  # values computed in float32 (FTensor)
         self.inputs: dict[fx.Node, int] = {}
         self.index_inputs: dict[fx.Node, int] = {}      # token ids, read in place by embeddings
         self.input_specs: list[IOSpec] = []
@@ -107,10 +108,29 @@ class Lowering:
     def scratch(self, nbytes: int) -> Buffer:
         return self.plan.new_buffer(nbytes)
 
+    def new_float_tensor(self, shape) -> FTensor:
+        shape = tuple(int(s) for s in shape)
+        return FTensor(shape, self.plan.new_buffer(4 * math.prod(shape)))
+
+    def float_value(self, node, user: fx.Node) -> FTensor:
+        """The float32 tensor ``node`` holds: a float input of the program (read in place) or
+        the output of an op that computes in float."""
+        if isinstance(node, fx.Node) and node in self.inputs:
+            return FTensor(self.shape_of(node), c_expr=f"inputs[{self.inputs[node]}]")
+        if isinstance(node, fx.Node) and node in self.float_values:
+            return self.float_values[node]
+        raise unsupported(user, f"input {node} is not a float32 tensor of this program")
+
+    def fptr(self, t: FTensor) -> str:
+        """A ``float *`` C expression for ``t`` (const for an input)."""
+        return t.c_expr or f"((float *)QC_BUF({t.buffer.ident}))"
+
     def add_step(self, comment: str, lines: list, reads=(), writes=()) -> None:
         index = len(self.steps)
         for t in [*reads, *writes]:
-            (t.buffer if isinstance(t, QTensor) else t).touch(index)
+            buf = t.buffer if isinstance(t, (QTensor, FTensor)) else t
+            if buf is not None:         # None: a program input read in place
+                buf.touch(index)
         self.steps.append(Step(comment, lines))
 
     def shape_of(self, node: fx.Node) -> tuple:
@@ -293,6 +313,9 @@ class Lowering:
         flat = list(results) if isinstance(results, (tuple, list)) else [results]
         for i, dq in enumerate(flat):
             mod = self.modules.get(dq.target) if isinstance(dq, fx.Node) and dq.op == "call_module" else None
+            if isinstance(dq, fx.Node) and dq in self.float_values:
+                self.lower_float_output(i, dq)
+                continue
             if not isinstance(mod, Dequantize) and isinstance(dq, fx.Node) and dq in self.values:
                 self.lower_raw_output(i, dq)
                 continue
@@ -310,6 +333,13 @@ class Lowering:
                 f"else qc_rt_dequantize({self.ptr(t)}, (float *)outputs[{i}], {n}, {c}, {hw}, {nhwc}, "
                 f"{c_float(qp.scale_float())}, {zp}, threads);"], reads=[t])
         self.tuple_output = isinstance(results, (tuple, list))
+
+    def lower_float_output(self, i: int, node: fx.Node) -> None:
+        """A value computed in float32 leaving as it is (as_int does not apply to it)."""
+        t = self.float_values[node]
+        self.output_specs.append(IOSpec(node.name, t.shape, "float32", raw=True))
+        self.add_step(f"{node.name}: output {i}, float32 {list(t.shape)}",
+                      [f"memcpy(outputs[{i}], {self.fptr(t)}, sizeof(float) * (size_t){t.numel});"], reads=[t])
 
     def lower_raw_output(self, i: int, node: fx.Node) -> None:
         """An int8/uint8 value leaving as integers (a segment boundary before a PyTorch op)."""

@@ -58,6 +58,21 @@ class QTensor:
         return c == 1 or h * w == 1
 
 
+@dataclass(eq=False)
+class FTensor:
+    """A float32 tensor of the program, in torch's contiguous order: the output of an op that
+    computes in float (dynamic, weight-only, half-precision linear layers) in the arena, or a
+    float input of the program read in place (``c_expr``)."""
+
+    shape: tuple
+    buffer: Optional[Buffer] = None
+    c_expr: Optional[str] = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
 #: the runtime's enum (qc_runtime.h, qc_rq.mode) for each requantization mode of core.Requant
 C_REQUANT_MODES = {"fp32": "QC_RQ_FP32", "fixed_point": "QC_RQ_FIXED_POINT"}
 
@@ -137,7 +152,8 @@ class Step:
 class IOSpec:
     name: str
     shape: tuple
-    dtype: str           # float32 in/out; the integer dtype of an output for run_int
+    dtype: str           # float32 in/out; the integer dtype of an output for run_int; float32 for a
+                         # raw float output
     scale: float = 0.0
     zero_point: int = 0
     #: an int8/uint8 value crossing into or out of the program as integers (a segment boundary
