@@ -73,7 +73,7 @@ class LowerToInteger(Pass):
             if self._requantize_pair(gm, node, ctx):
                 changes["requantize"] += 1
         gm = finalize(gm)
-        self._report_float_ops(gm, changes)
+        self._report_float_ops(gm, changes, ctx.config)
         return PassResult(gm, changes)
 
     # -- one quantize node: find the op that produces its input ------------------------
@@ -183,7 +183,9 @@ class LowerToInteger(Pass):
         return True
 
     @staticmethod
-    def _report_float_ops(gm, changes: Counter) -> None:
+    def _report_float_ops(gm, changes: Counter, config) -> None:
+        """List the ops left in float, except where the layer's method keeps them float by design
+        (dynamic / weight-only / half quantize the Linears and nothing else)."""
         modules = dict(gm.named_modules())
         for node in gm.graph.nodes:
             if node.op not in ("call_module", "call_function", "call_method"):
@@ -202,6 +204,10 @@ class LowerToInteger(Pass):
                 continue
             if node.op == "get_attr":
                 continue
+            if has_node_info(node) and not node_info(node).float_reason:
+                cfg = config.for_layer(node_info(node).source_layer or node.name)
+                if cfg is not None and cfg.method != "static":
+                    continue
             label = user_label(node, modules, shape=())
             graph_info(gm).float_ops.append(label)
             graph_info(gm).note(f"{label} runs in float")

@@ -25,6 +25,7 @@ from qcompiler.core.dynamic_ops import QDynamicLinear
 from qcompiler.core.graph_utils import finalize, set_module
 from qcompiler.core.meta import GraphState, graph_info, node_info
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
+from qcompiler.core.provenance import layer_name
 from qcompiler.core.qconfig import QConfig
 from qcompiler.core.quantize import qparams_from_range, quantize
 from qcompiler.core.weight_only_ops import QHalfLinear, QuantizedWeight, QWeightOnlyEmbedding, QWeightOnlyLinear
@@ -64,8 +65,6 @@ _BUILDERS = {"dynamic": _dynamic, "weight_only": _weight_only, "half": _half}
 def why_not(mod: nn.Module, cfg: QConfig, ops: frozenset) -> Optional[str]:
     """Why a Linear/Embedding cannot take its config's method, or None."""
     if isinstance(mod, nn.Embedding):
-        if cfg.method != "weight_only":
-            return None if cfg.method == "static" else f"method {cfg.method} quantizes Linear layers, not embeddings"
         if mod.max_norm is not None:
             return "max_norm renormalizes the table's rows at every call"
         op = "weight_only_embedding"
@@ -94,10 +93,10 @@ class QuantizeWeights(Pass):
             mod = modules.get(node.target) if node.op == "call_module" else None
             if type(mod) not in (nn.Linear, nn.Embedding):
                 continue
-            layer = node_info(node).source_layer or node.name
+            layer = node_info(node).source_layer or layer_name(node)
             cfg = ctx.config.for_layer(layer)
-            if cfg is None or cfg.method == "static":
-                continue
+            if cfg is None or cfg.method == "static" or (isinstance(mod, nn.Embedding) and cfg.method != "weight_only"):
+                continue                # an embedding is a copy: only weight-only storage changes it
             reason = why_not(mod, cfg, ctx.capabilities.ops)
             if reason:
                 node_info(node).float_reason = reason
