@@ -23,7 +23,7 @@ from qcompiler.core.qtypes import QParams, qtype
 # exactness properties are drawn from rows that do not.
 VALUES = st.one_of(st.just(0.0), st.just(-0.0),
                    st.floats(2.0**-100, 1e6, width=32), st.floats(-1e6, -2.0**-100, width=32),
-                   st.floats(-4.0, 4.0, width=32))
+                   st.floats(2.0**-100, 4.0, width=32), st.floats(-4.0, -2.0**-100, width=32))
 
 
 @st.composite
@@ -144,22 +144,21 @@ def test_rows_match_the_loop_form(x, symmetric):
         assert q[r].tolist() == codes and float(s[r]) == scale and int(zp[r]) == z
 
 
-@pytest.mark.xfail(strict=True, reason="spec gap reported to the lead: 127 / max|x| overflows float32 "
-                                       "below ~3.7e-37, so inv = inf and x·inv is ±inf or NaN, whose "
-                                       "conversion to an integer is undefined in C (x86 gives INT_MIN: every "
-                                       "code −127)")
-def test_tiny_row_keeps_its_signs():
-    x = torch.tensor([[1e-37, -5e-38, 0.0]])
-    q, s, _ = quantize_rows(x, True)
-    assert bool(torch.isfinite(127.0 / s).all())
-    assert q.tolist() == [[127, -64, 0]]
+def test_a_row_below_the_tiny_range_is_a_zero_row():
+    # 127 / max|x| would overflow float32 below ~3.7e-37 (inv = inf, x·inv = ±inf or NaN, whose
+    # conversion to an integer is undefined in C): the spec makes such rows zero rows
+    from qcompiler.core.dynamic_ops import TINY_RANGE
+    for symmetric in (True, False):
+        q, s, zp = quantize_rows(torch.tensor([[1e-37, -5e-38, 0.0], [TINY_RANGE, 0.0, 0.0]]), symmetric)
+        assert q[0].tolist() == [0, 0, 0] and float(s[0]) == 0.0 and int(zp[0]) == 0
+        assert float(s[1]) > 0 and bool(torch.isfinite(s).all())       # at the threshold: a real scale
 
 
-@pytest.mark.xfail(strict=True, reason="spec gap reported to the lead: hi − lo overflows float32 for a "
-                                       "row spanning more than 3.4e38 (asymmetric), scale = inf")
-def test_huge_asymmetric_row_has_a_finite_scale():
-    q, s, zp = quantize_rows(torch.tensor([[3e38, -3e38]]), False)
-    assert bool(torch.isfinite(s).all())
+def test_an_asymmetric_row_spanning_more_than_float32_is_refused():
+    with pytest.raises(ValueError, match="spans more than float32's range"):
+        quantize_rows(torch.tensor([[3e38, -3e38]]), False)
+    q, s, _ = quantize_rows(torch.tensor([[3e38, -3e38]]), True)     # symmetric: max|x| is finite
+    assert q.tolist() == [[127, -127]] and bool(torch.isfinite(s).all())
 
 
 # -- QDynamicLinear -----------------------------------------------------------------------------

@@ -13,7 +13,9 @@ Exact semantics (docs/numerics.md, "Dynamic quantization"), float32 throughout, 
     asymmetric (uint8): lo = min(min x, 0), hi = max(max x, 0), r = hi − lo
                         inv = 255 / r;  s = r / 255;  zp = clamp(rint(−lo · inv), 0, 255)
                         q = clamp(rint(x · inv) + zp, 0, 255)
-    a row of zeros (a = 0, r = 0): q = zp = 0 and s = 0, so the row's output is the bias
+    a row whose range is below 2^-120 (a or r < TINY_RANGE, zeros included): q = zp = 0 and
+        s = 0, so the row's output is the bias (127 / a would overflow float32 below ~3.7e-37)
+    an asymmetric row whose r overflows float32 (values beyond ±1.7e38 of both signs) is refused
     acc[r, c] = Σ_k (q[r, k] − zp[r]) · w[c, k]          (exact int32)
     y[r, c]   = f32(acc) · (s[r] · s_w[c]) + bias[c]      (the product of scales rounded first)
 
@@ -32,6 +34,8 @@ from .qtypes import QParams
 
 #: the activation granularities dynamic quantization offers
 DYNAMIC_GRANULARITIES = ("per_tensor", "per_token")
+#: ranges below this quantize as zero rows: 255 / r and 127 / a stay finite in float32 above it
+TINY_RANGE = 2.0 ** -120
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:
@@ -55,7 +59,10 @@ def quantize_rows(x2: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torc
         lo = torch.minimum(x2.amin(dim=1), zero) if x2.shape[1] else zero
         hi = torch.maximum(x2.amax(dim=1), zero) if x2.shape[1] else zero
         span, levels = hi - lo, 255.0
-    nonzero = span > 0
+        if not bool(torch.isfinite(span).all()):
+            raise ValueError("an input row spans more than float32's range (its max − min overflows); dynamic "
+                             "quantization cannot give it a finite scale")
+    nonzero = span >= TINY_RANGE
     safe = torch.where(nonzero, span, torch.ones_like(span))
     inv = torch.where(nonzero, torch.tensor(levels, dtype=torch.float32) / safe, torch.zeros_like(span))
     scale = torch.where(nonzero, safe / torch.tensor(levels, dtype=torch.float32), torch.zeros_like(span))
