@@ -11,6 +11,7 @@ import torch
 
 from qcompiler.core.embedding_ops import QEmbedding
 from qcompiler.core.graph_utils import reads_shape
+from qcompiler.core.weight_only_ops import QWeightOnlyEmbedding
 
 from .program import unsupported
 
@@ -26,14 +27,19 @@ def is_index_input(node) -> bool:
 
 def index_rows(node) -> int:
     """The fewest rows of the tables indexed by ``node``: valid indices are below it."""
-    return min(_is_embedding(u).num_embeddings for u in node.users if _is_embedding(u))
+    return min(_table_rows(_is_embedding(u)) for u in node.users if _is_embedding(u))
+
+
+def _table_rows(mod) -> int:
+    return int(mod.codes.shape[0]) if isinstance(mod, QWeightOnlyEmbedding) else mod.num_embeddings
 
 
 def _is_embedding(node):
     if node.op != "call_module":
         return None
     mod = node.graph.owning_module.get_submodule(node.target)
-    return mod if isinstance(mod, QEmbedding) else None
+    # weight-only embeddings (lower_weight_only.py) read their indices the same way
+    return mod if isinstance(mod, (QEmbedding, QWeightOnlyEmbedding)) else None
 
 
 def lower_embedding(em, node, mod: QEmbedding) -> None:

@@ -47,6 +47,7 @@ EMITTED_OPS = frozenset({
     "select", "getitem", "expand", "repeat",             # (lower_shapes.py)
     "mean",                                              # reductions (lower_reduce.py)
     "embedding",                                         # int64 indices (lower_embedding.py)
+    "weight_only_embedding",                             # dequantizing gather (lower_weight_only.py)
 })
 
 

@@ -137,6 +137,19 @@ class GemmLowering:
         dh, dw); ``geom``: the same as a C ``qc_window *``; weights are [cout, (ky, kx, c)]."""
         return None
 
+    def emit_weight_only_linear(self, em: "Lowering", *, x: str, m: int, y: str, qweight,
+                                bias: Optional[torch.Tensor], compute: str) -> tuple[list[str], list]:
+        """y[m, n] = x[m, k] · ŵᵀ + bias in float32 (core.weight_only_ops.QWeightOnlyLinear; ``qweight``
+        its QuantizedWeight, ``compute`` "float32" or "bfloat16"); ``x`` / ``y``: ``float *`` C
+        expressions of contiguous rows. Returns (C lines, scratch buffers from ``em.scratch`` it uses)."""
+        raise BackendUnsupported("this target has no weight-only linear kernel (weight_only_linear)")
+
+    def emit_half_linear(self, em: "Lowering", *, x: str, m: int, y: str, weight: torch.Tensor,
+                         bias: Optional[torch.Tensor]) -> tuple[list[str], list]:
+        """y = h(x) · weightᵀ + bias, weight bfloat16/float16 [n, k] (core.weight_only_ops.QHalfLinear),
+        as :meth:`emit_weight_only_linear`."""
+        raise BackendUnsupported("this target has no half-precision linear kernel (half_linear)")
+
 
 # ---------------------------------------------------------------------------------------
 # Lowering: graph → steps

@@ -20,10 +20,14 @@ from .. import cpu
 from ..c_emitter import EMITTED_OPS, SERIAL_BELOW_MACS, GemmLowering, Lowering, RequantArrays
 from ..c_target import CTarget, TargetSettings
 from . import gemm, runtime_library
+from . import weight_only
 from .runtime_library import GLUE_DIR
 
 #: integer ops with a kernel here: every op the shared emitter lowers
 SUPPORTED_OPS = EMITTED_OPS
+#: ... and the weight-only and half-precision linear layers (X86Gemm.emit_weight_only_linear /
+#: emit_half_linear, kernels/qc_x86_weight_only.h): x86 only, the ARM targets have no kernel for them
+SUPPORTED_OPS = SUPPORTED_OPS | {"weight_only_linear", "half_linear"}
 
 #: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
 ISA_PREFERENCE = (
@@ -126,6 +130,16 @@ class X86Gemm(GemmLowering):
         weights runs one of those two kernels."""
         return self.isa in ("avx512vnni", "amx")
 
+    def emit_weight_only_linear(self, em: Lowering, *, x, m, y, qweight, bias, compute):
+        """QWeightOnlyLinear: qc_x86_wo_linear, AVX2 + FMA where the CPU has them (weight_only.kernel_isa)."""
+        return weight_only.emit_weight_only_linear(em, weight_only.kernel_isa(self.isa), x=x, m=m, y=y,
+                                                   qweight=qweight, bias=bias, compute=compute)
+
+    def emit_half_linear(self, em: Lowering, *, x, m, y, weight, bias):
+        """QHalfLinear: qc_x86_half_linear (float16 weights on AVX2 also need F16C)."""
+        return weight_only.emit_half_linear(em, weight_only.kernel_isa(self.isa, weight.dtype), x=x, m=m, y=y,
+                                            weight=weight, bias=bias)
+
     def emit_conv(self, em: Lowering, *, x, geom, window, c0, cg, pad, m, k, groups, c, ldc, weight, bias,
                   a_zero_point, requant: RequantArrays, add=None):
         """Stride-1 convolutions over whole 64-channel blocks, or thin ones (a kernel row of taps
@@ -191,13 +205,14 @@ class X86Backend(CTarget):
         return X86Gemm(variant)
 
     def runtime_headers(self) -> list[Path]:
-        return [*super().runtime_headers(), GLUE_DIR / "qc_x86_gemm_call.h"]
+        return [*super().runtime_headers(), *weight_only.MODEL_HEADERS, GLUE_DIR / "qc_x86_gemm_call.h"]
 
     def runtime_source(self, variant: str) -> str:
         return runtime_library.runtime_source(self.runtime_sources(variant))
 
     def runtime_sources(self, variant: str) -> list[Path]:
-        return [*super().runtime_sources(variant), GLUE_DIR / "qc_x86_gemm_call.h", GLUE_DIR / "qc_x86_gemm_call.c"]
+        return [*super().runtime_sources(variant), *weight_only.RUNTIME_FILES,
+                GLUE_DIR / "qc_x86_gemm_call.h", GLUE_DIR / "qc_x86_gemm_call.c"]
 
     def runtime_flags(self, variant: str) -> list[str]:
         """The flags the runtime was built with (a compiler without VNNI support builds AVX2 and
