@@ -127,6 +127,14 @@ class GemmLowering:
         """Can the epilogue of a GEMM of width n and depth k also do a residual add?"""
         return False
 
+    def emit_dynamic_linear(self, em: "Lowering", *, x: str, m: int, y: str, weight: torch.Tensor,
+                            weight_scales: torch.Tensor, bias: Optional[torch.Tensor], per_token: bool,
+                            symmetric: bool) -> tuple[list[str], list]:
+        """QDynamicLinear (core/dynamic_ops.py), bit for bit: ``x`` a ``const float *`` [m, k], ``y`` a
+        ``float *`` [m, n]; int8 ``weight`` [n, k], float32 ``weight_scales`` [n] and ``bias`` [n] (or
+        None). Returns (C lines, scratch buffers from ``em.scratch`` it uses)."""
+        raise BackendUnsupported("this target has no dynamic int8 GEMM (dynamic_linear)")
+
     def emit_conv(self, em: "Lowering", *, x: str, geom: str, window: tuple, c0: int, cg: int, pad: int,
                   m: int, k: int, groups: int, c: str, ldc: int, weight: torch.Tensor,
                   bias: Optional[torch.Tensor], a_zero_point: int, requant: RequantArrays,

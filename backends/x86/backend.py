@@ -21,6 +21,7 @@ from ..c_emitter import EMITTED_OPS, SERIAL_BELOW_MACS, GemmLowering, Lowering, 
 from ..c_target import CTarget, TargetSettings
 from . import gemm, runtime_library
 from . import weight_only
+from . import dynamic
 from .runtime_library import GLUE_DIR
 
 #: integer ops with a kernel here: every op the shared emitter lowers
@@ -28,6 +29,8 @@ SUPPORTED_OPS = EMITTED_OPS
 #: ... and the weight-only and half-precision linear layers (X86Gemm.emit_weight_only_linear /
 #: emit_half_linear, kernels/qc_x86_weight_only.h): x86 only, the ARM targets have no kernel for them
 SUPPORTED_OPS = SUPPORTED_OPS | {"weight_only_linear", "half_linear"}
+#: ... and the dynamic int8 linear layer (X86Gemm.emit_dynamic_linear, kernels/dynamic_linear.c)
+SUPPORTED_OPS = SUPPORTED_OPS | {"dynamic_linear"}
 
 #: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
 ISA_PREFERENCE = (
@@ -130,6 +133,15 @@ class X86Gemm(GemmLowering):
         weights runs one of those two kernels."""
         return self.isa in ("avx512vnni", "amx")
 
+    def emit_dynamic_linear(self, em: Lowering, *, x, m, y, weight, weight_scales, bias, per_token, symmetric):
+        """QDynamicLinear: one qc_rt_dynamic_linear call (range scan and quantize into the A
+        operand, then the GEMM with a float epilogue) on the kernel for this ISA (dynamic.KERNELS)."""
+        n, k = weight.shape
+        threads = "1" if m * n * k < SERIAL_BELOW_MACS else "threads"
+        return dynamic.emit_call(dynamic.KERNELS[self.isa], em, x=x, m=m, y=y, weight=weight,
+                                 weight_scales=weight_scales, bias=bias, per_token=per_token, symmetric=symmetric,
+                                 threads=threads)
+
     def emit_weight_only_linear(self, em: Lowering, *, x, m, y, qweight, bias, compute):
         """QWeightOnlyLinear: qc_x86_wo_linear, AVX2 + FMA where the CPU has them (weight_only.kernel_isa)."""
         return weight_only.emit_weight_only_linear(em, weight_only.kernel_isa(self.isa), x=x, m=m, y=y,
@@ -205,14 +217,15 @@ class X86Backend(CTarget):
         return X86Gemm(variant)
 
     def runtime_headers(self) -> list[Path]:
-        return [*super().runtime_headers(), *weight_only.MODEL_HEADERS, GLUE_DIR / "qc_x86_gemm_call.h"]
+        return [*super().runtime_headers(), *weight_only.MODEL_HEADERS, GLUE_DIR / "qc_x86_gemm_call.h", GLUE_DIR / "qc_x86_dynamic.h"]
 
     def runtime_source(self, variant: str) -> str:
         return runtime_library.runtime_source(self.runtime_sources(variant))
 
     def runtime_sources(self, variant: str) -> list[Path]:
         return [*super().runtime_sources(variant), *weight_only.RUNTIME_FILES,
-                GLUE_DIR / "qc_x86_gemm_call.h", GLUE_DIR / "qc_x86_gemm_call.c"]
+                GLUE_DIR / "qc_x86_gemm_call.h", GLUE_DIR / "qc_x86_gemm_call.c",
+                GLUE_DIR / "qc_x86_dynamic.h"]     # its kernel: runtime_library.runtime_source appends it
 
     def runtime_flags(self, variant: str) -> list[str]:
         """The flags the runtime was built with (a compiler without VNNI support builds AVX2 and

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import toolchain
 from ..c_target import join_sources
 from . import gemm
+from . import dynamic
 
 GLUE_DIR = Path(__file__).resolve().parent / "runtime"
 
@@ -33,8 +34,9 @@ _lock = threading.Lock()
 
 
 def runtime_source(files: list[Path]) -> str:
-    """The runtime TU: the GEMM library source, then ``files`` (the shared runtime and the glue)."""
-    return gemm.library_source() + "\n" + join_sources(files)
+    """The runtime TU: the GEMM library source, then ``files`` (the shared runtime and the glue),
+    then the kernels that instantiate the GEMM's loop nest again (dynamic int8 linear layers)."""
+    return gemm.library_source() + "\n" + join_sources(files) + "\n" + dynamic.kernel_source()
 
 
 def runtime_flags(isa: str, native_vnni: bool = True) -> list[str]:
