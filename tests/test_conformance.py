@@ -167,3 +167,51 @@ def test_whole_models(target, name):
     x = smooth_random_images(2, size=64, seed=7)
     qm = qcompiler.quantize(model, [smooth_random_images(4, size=64)], target=target, progress=False)
     assert torch.equal(qcompiler.compile(qm, target=target, pytorch_fallback=False)(x), qm(x))
+
+
+# -- weight-only and half-precision ops (core/weight_only_ops.py): float32 in, float32 out ---------
+# The embedding is a copy of dequantized rows: bit for bit. The linear layers sum in float32 in the
+# kernel's own order, so they are held to |y - y_ref| <= (K + 6) * 2^-24 * (sum_k |x_k w_k| + |b|)
+# (K + 5 roundings of terms bounded by that sum, first order, and one for the second-order terms:
+# the argument is in tests/test_x86_weight_only.py). A target without the op is skipped, saying so.
+
+def _skip_without(target, op):
+    if op not in qcompiler.backends.get_backend(target).capabilities.ops:
+        pytest.skip(f"target {target!r} has no {op}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("cfg", [QConfig.weight_only("int4", 32), QConfig.weight_only("int4", 64, symmetric=False),
+                                 QConfig.weight_only("nf4", 128), QConfig.weight_only("int8", None),
+                                 QConfig.weight_only("int4", 32, compute="bfloat16"), QConfig.half("bfloat16"),
+                                 QConfig.half("float16")],
+                         ids=["int4", "int4-asym", "nf4", "int8", "int4-bf16", "half-bf16", "half-fp16"])
+@pytest.mark.parametrize("rows", [1, 70])
+def test_weight_only_and_half_linear(target, cfg, rows):
+    from qcompiler.core.weight_only_ops import QHalfLinear, QWeightOnlyLinear, round_bfloat16
+    _skip_without(target, "half_linear" if cfg.method == "half" else "weight_only_linear")
+    torch.manual_seed(rows)
+    model, x = nn.Sequential(nn.Linear(256, 37)).eval(), 3 * torch.randn(rows, 256)
+    qm = qcompiler.quantize(model, [x], config=cfg, target=target, progress=False)
+    op, = [m for m in qm.graph_module.modules() if isinstance(m, (QWeightOnlyLinear, QHalfLinear))]
+    if isinstance(op, QHalfLinear):
+        xe, w = x.to(op.half_dtype).float(), op.weight.float()
+    else:
+        xe, w = x, op.qweight.dequantize()
+        if op.compute == "bfloat16":
+            xe, w = round_bfloat16(xe), round_bfloat16(w)
+    bound = (256 + 6) * 2.0**-24 * (xe.abs().double() @ w.abs().double().t() + op.bias.abs().double())
+    y = qcompiler.compile(qm, target=target, pytorch_fallback=False)(x)
+    assert bool(((y.double() - qm(x).double()).abs() <= bound).all()), f"{target} outside the bound"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("dtype, symmetric", [("int8", True), ("int4", True), ("int4", False), ("nf4", True)])
+def test_weight_only_embedding(target, dtype, symmetric):
+    _skip_without(target, "weight_only_embedding")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 30, (2, 9))
+    model = nn.Sequential(nn.Embedding(30, 64)).eval()
+    qm = qcompiler.quantize(model, [ids], config=QConfig.weight_only(dtype, 32, symmetric), target=target,
+                            progress=False)
+    assert torch.equal(qcompiler.compile(qm, target=target, pytorch_fallback=False)(ids), qm(ids))
