@@ -39,6 +39,9 @@ class Calibrate(Pass):
         if ctx.calibration_data is None:
             raise CalibrationError("no calibration data: pass an iterable of input batches "
                                    "(a list of tensors or a DataLoader) to quantize()")
+        if not any(isinstance(m, Observer) for m in gm.modules()):
+            # all dynamic / weight-only / half: nothing measures, so the data need not run
+            return PassResult(gm, Counter(skipped_no_observers=1))
         n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
         batches = elements = 0
         total = len(ctx.calibration_data) if hasattr(ctx.calibration_data, "__len__") else None
