@@ -242,6 +242,23 @@ def test_kernel_choice_follows_cpu_features(monkeypatch):
     assert wo.kernel_isa("avx2") == wo.ISA_SCALAR
 
 
+@pytest.mark.parametrize("cfg", [QConfig.weight_only("nf4", 32), QConfig.half("float16")], ids=["nf4", "half-fp16"])
+def test_compiled_model_without_fma_calls_the_portable_kernel(monkeypatch, cfg):
+    """$QCOMPILER_CPU_FEATURES=avx2 (no FMA): the AVX2 GEMM runtime as before, but the model's C calls
+    the portable weight-only kernel (isa 1), still within the bound."""
+    monkeypatch.setenv("QCOMPILER_CPU_FEATURES", "avx2")
+    torch.manual_seed(4)
+    x = torch.randn(3, 64)
+    qm = qcompiler.quantize(nn.Sequential(nn.Linear(64, 19)).eval(), [(x,)], config=cfg, target="x86",
+                            progress=False)
+    compiled = qcompiler.compile(qm, target="x86", pytorch_fallback=False)
+    call = "qc_x86_half_linear(" if cfg.method == "half" else "qc_x86_wo_linear("
+    assert f"{call}{wo.ISA_SCALAR}," in compiled.source
+    op, = [m for m in qm.graph_module.modules() if isinstance(m, (QWeightOnlyLinear, QHalfLinear))]
+    xe, w = _operands(op, x)
+    assert_within_bound(compiled(x), qm(x), xe, w, op.bias)
+
+
 def test_groups_the_kernels_cannot_take_are_refused():
     qw = QuantizedWeight.quantize(torch.randn(8, 24), "int4", 4)
     with pytest.raises(BackendUnsupported, match="groups of 4"):
