@@ -261,6 +261,36 @@ def test_one_linear_is_one_native_program_on_1_and_3_threads(per_token, symmetri
         assert torch.equal(compiled(x), ref)
 
 
+@pytest.mark.parametrize("features", ["", "avx2,fma"])
+def test_forced_isa_paths(features, monkeypatch):
+    """The scalar kernel in the baseline runtime, the AVX2 one in the AVX2 runtime: the same bytes."""
+    from qcompiler.backends.x86 import choose_isa
+
+    torch.manual_seed(5)
+    x = torch.randn(3, 4, 70)
+    qm = quantize_dynamic(nn.Linear(70, 21), x, per_token=True, symmetric=False)
+    monkeypatch.setenv("QCOMPILER_CPU_FEATURES", features)
+    compiled = qcompiler.compile(qm, target="x86", pytorch_fallback=False)
+    assert compiled.isa == choose_isa() == ("scalar" if not features else "avx2")
+    assert torch.equal(compiled(x), qm(x))
+
+
+def test_bundle_roundtrip(tmp_path):
+    """A saved bundle carries the kernel (in its runtime file) and its header; reloaded, the same
+    bytes. (`make` on a bundle, with -Wall, is tests/test_x86_backend.py's: the kernel is part of
+    every x86 runtime.)"""
+    from qcompiler.backends.native_model import load_bundle
+
+    torch.manual_seed(6)
+    x = torch.randn(5, 40)
+    qm = quantize_dynamic(nn.Linear(40, 24), x)
+    compiled = qcompiler.compile(qm, target="x86", pytorch_fallback=False)
+    bundle = compiled.save(tmp_path / "bundle")
+    assert "qc_rt_dynamic_linear(" in (bundle / "model.c").read_text()
+    assert (bundle / "runtime" / "qc_x86_dynamic.h").is_file()
+    assert torch.equal(load_bundle(bundle)(x), qm(x))
+
+
 def test_model_refuses_nan_and_overflowing_span():
     torch.manual_seed(2)
     x = torch.randn(4, 16)

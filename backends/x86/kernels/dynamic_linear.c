@@ -293,7 +293,7 @@ void qc_dyn_store8_avx2(float *dst, __m256i acc, __m256 row_scale, const float *
                         int64_t cnt)
 {
     const __m256 scale = _mm256_mul_ps(row_scale, _mm256_loadu_ps(w_scale));   /* s[r] · s_w[c], rounded */
-    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);                   /* exact int -> float: |acc| < 2^31 rounds once */
+    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);   /* f32(acc): nearest-even, as torch's */
     if (bias != NULL) y = _mm256_add_ps(y, _mm256_loadu_ps(bias));
     if (cnt >= 8) _mm256_storeu_ps(dst, y);
     else _mm256_maskstore_ps(dst, qc_dyn_tail_mask(cnt), y);
@@ -329,8 +329,8 @@ void qc_dyn_store_tile_avx2(const qc_task *t, __m256i (*acc)[2], int mr, int64_t
 static inline void QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, int64_t groups,
                                int rem, int32_t *scr, int first, int last, int64_t row0, int64_t n0)
 {
-    (void)rem; (void)scr; (void)first; (void)last;
-    if (mr > MR) __builtin_unreachable();            /* tile_any's cases past MR */   /* K is one block (KC = 0), A and W padded to KR */
+    (void)rem; (void)scr; (void)first; (void)last;   /* K is one block (KC = 0), A and W padded to KR */
+    if (mr > MR) __builtin_unreachable();            /* tile_any's cases past MR */
     int32_t acc[MR][NR];
     memset(acc, 0, sizeof acc);
     const int16_t *w = (const int16_t *)b;

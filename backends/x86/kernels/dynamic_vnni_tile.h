@@ -10,8 +10,8 @@ static inline __attribute__((always_inline)) void
 QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, int64_t groups, int rem,
             int32_t *scr, int first, int last, int64_t row0, int64_t n0)
 {
-    (void)rem; (void)scr; (void)first; (void)last;
-    if (mr > MR) __builtin_unreachable();            /* tile_any's cases past MR */   /* K is one block (KC = 0), A and W padded to KR */
+    (void)rem; (void)scr; (void)first; (void)last;   /* K is one block (KC = 0), A and W padded to KR */
+    if (mr > MR) __builtin_unreachable();            /* tile_any's cases past MR */
     const qc_dyn_task *d = (const qc_dyn_task *)t;
     const __m256i cs0 = _mm256_loadu_si256((const __m256i *)(d->colsum + n0));
     const __m256i cs1 = _mm256_loadu_si256((const __m256i *)(d->colsum + n0 + 8));
