@@ -155,7 +155,9 @@ QC_WO_INLINE void qc_wo_avx2_gemv_panels(const qc_wo_job *j, const int64_t p0, c
 }
 
 /* panels of a GEMV chunk, P at a time: enough independent FMA chains without spilling */
+#ifndef QC_WO_GEMV_PANELS_P
 #define QC_WO_GEMV_PANELS_P(M) ((M) == 1 ? 4 : (M) <= 4 ? 2 : 1)
+#endif
 #define QC_WO_GEMV_FN(fmt, M)                                                                            \
     static void qc_wo_avx2_gemv_##fmt##_##M(const qc_wo_job *j, int64_t p0, int64_t p1)                 \
     {                                                                                                    \

@@ -9,8 +9,12 @@
 #include "qc_x86_weight_only.h"
 
 /* rows at most for the GEMV kernels (decode: stream the packed weights once, every row per
- * panel); more rows take the prefill path (dequantize a panel, register-blocked fp32 GEMM) */
+ * panel; instantiated for 1..8 rows); more rows take the prefill path (dequantize a panel,
+ * register-blocked fp32 GEMM) */
 #define QC_WO_GEMV_MAX_ROWS 8
+#ifndef QC_WO_GEMV_ROWS
+#define QC_WO_GEMV_ROWS QC_WO_GEMV_MAX_ROWS
+#endif
 /* GEMV chunk: panels of 8 columns a thread claims at a time */
 #define QC_WO_GEMV_PANELS 8
 /* prefill chunk: rows of one 16-column panel; k blocks of 8 per dequantized panel (16 KB of

@@ -137,7 +137,7 @@ int qc_x86_wo_linear(int32_t isa, const float *x, int64_t m, const qc_wo_linear_
         else qc_wo_round_rows(x, xbuf, m * k, QC_HALF_BF16);
         j.x = xbuf;
     }
-    qc_wo_run(&j, isa, m <= QC_WO_GEMV_MAX_ROWS && !j.compute_bf16, qc_wo_avx2_gemv_chunk, qc_wo_scalar_chunk,
+    qc_wo_run(&j, isa, m <= QC_WO_GEMV_ROWS && !j.compute_bf16, qc_wo_avx2_gemv_chunk, qc_wo_scalar_chunk,
               threads);
     return 0;
 }
@@ -163,6 +163,6 @@ int qc_x86_half_linear(int32_t isa, const float *x, int64_t m, int64_t n, int64_
     j.half_type = half_type;
     j.hw = w;
     j.bias = bias;
-    qc_wo_run(&j, isa, m <= QC_WO_GEMV_MAX_ROWS, qc_wo_avx2_half_gemv_chunk, qc_wo_scalar_half_chunk, threads);
+    qc_wo_run(&j, isa, m <= QC_WO_GEMV_ROWS, qc_wo_avx2_half_gemv_chunk, qc_wo_scalar_half_chunk, threads);
     return 0;
 }
