@@ -299,19 +299,20 @@ void qc_dyn_store8_avx2(float *dst, __m256i acc, __m256 row_scale, const float *
     else _mm256_maskstore_ps(dst, qc_dyn_tail_mask(cnt), y);
 }
 
-/* the epilogue of an mr x 16 tile of accumulators (2 vectors a row) */
-static inline __attribute__((always_inline, target("avx2")))
-void qc_dyn_store_tile_avx2(const qc_task *t, __m256i (*acc)[2], int mr, int64_t row0, int64_t n0)
+/* the epilogue of an mr x 16 tile, from its accumulators stored right after the k loop (kept in
+ * registers through the epilogue's branches, some of the twelve were spilled inside the loop) */
+static __attribute__((noinline, target("avx2")))
+void qc_dyn_store_tile_avx2(const qc_task *t, const int32_t (*acc)[16], int mr, int64_t row0, int64_t n0)
 {
     const qc_dyn_task *d = (const qc_dyn_task *)t;
-    const float *ws = d->w_scale + n0, *bias = d->bias != NULL ? d->bias + n0 : NULL;
-    const float *rs = d->row_scale + row0;
+    const float *ws = d->w_scale + n0, *bias = d->bias != NULL ? d->bias + n0 : NULL, *rs = d->row_scale + row0;
     const int64_t nvalid = t->n - n0, ldy = t->ldc;
     float *y = (float *)t->c + row0 * ldy + n0;
     for (int i = 0; i < mr; i++) {
         const __m256 s = _mm256_set1_ps(rs[i]);
-        qc_dyn_store8_avx2(y + i * ldy, acc[i][0], s, ws, bias, nvalid);
-        if (nvalid > 8) qc_dyn_store8_avx2(y + i * ldy + 8, acc[i][1], s, ws + 8, bias ? bias + 8 : NULL, nvalid - 8);
+        for (int v = 0; v < 2 && 8 * v < nvalid; v++)
+            qc_dyn_store8_avx2(y + i * ldy + 8 * v, _mm256_loadu_si256((const __m256i *)(acc[i] + 8 * v)), s, ws + 8 * v,
+                               bias != NULL ? bias + 8 * v : NULL, nvalid - 8 * v);
     }
 }
 
@@ -396,7 +397,13 @@ QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, 
             acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(av, b1));
         }
     }
-    qc_dyn_store_tile_avx2(t, acc, mr, row0, n0);
+    int32_t out[MR][16];
+#pragma GCC unroll 16
+    for (int i = 0; i < mr; i++) {
+        _mm256_storeu_si256((__m256i *)out[i], acc[i][0]);
+        _mm256_storeu_si256((__m256i *)(out[i] + 8), acc[i][1]);
+    }
+    qc_dyn_store_tile_avx2(t, (const int32_t (*)[16])out, mr, row0, n0);
 }
 
 #include "gemm_driver.h"

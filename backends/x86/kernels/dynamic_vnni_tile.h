@@ -35,7 +35,13 @@ QC_FN(tile)(const int mr, const qc_task *t, const uint8_t *a, const uint8_t *b, 
             acc[i][1] = QC_DPBUSD(acc[i][1], av, b1);
         }
     }
-    qc_dyn_store_tile_avx2(t, acc, mr, row0, n0);
+    int32_t out[MR][16];
+#pragma GCC unroll 16
+    for (int i = 0; i < mr; i++) {
+        _mm256_storeu_si256((__m256i *)out[i], acc[i][0]);
+        _mm256_storeu_si256((__m256i *)(out[i] + 8), acc[i][1]);
+    }
+    qc_dyn_store_tile_avx2(t, (const int32_t (*)[16])out, mr, row0, n0);
 }
 
 #include "gemm_driver.h"
