@@ -32,13 +32,17 @@ MODE_IDS = ["token-sym", "token-asym", "tensor-sym", "tensor-asym"]
 # -- the kernel, called directly --------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def runtime():
+def runtime_path():
     """The x86 runtime unit built WITH the emulated kernels (models' runtimes leave them out), so
     the VNNI tile runs here through its exact vpdpbusd emulation."""
     flags = [f for f in runtime_library.runtime_flags("avx2") if f != "-DQC_NO_EMULATION"]
-    path = toolchain.build_shared_library(X86Backend().runtime_source("avx2"),
+    return toolchain.build_shared_library(X86Backend().runtime_source("avx2"),
                                           flags=flags + X86Backend().setting_flags(), name="qc_x86_rt_dynamic_test")
-    lib = toolchain.load_library(path)
+
+
+@functools.lru_cache(maxsize=None)
+def runtime():
+    lib = toolchain.load_library(runtime_path())
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.qc_rt_dynamic_linear.argtypes = [i32, p, i64, i64, i64, p, i64, i32, i32, i32, p, p, p, i32, i32, p, p, i64,
                                          ctypes.c_int]
@@ -215,6 +219,34 @@ def test_kernel_validates_before_touching_memory():
     assert run_kernel(name, op, x, k=(2**31 - 1) // (127 * 127) + 1) == QC_ERR_SIZE    # int32 accumulator
     if kernel.vnni:
         assert run_kernel(name, op, x, colsum=None) == QC_ERR_NULL
+
+
+def test_disassembly_of_the_tiles():
+    """The native VNNI tiles (not runnable on every CI machine) use vpdpbusd ymm — VEX for AVX-VNNI,
+    EVEX for AVX-512 VNNI; the emulated and AVX2 ones use vpmaddwd and no VNNI; vpmaddubsw (which
+    saturates) nowhere."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("objdump") is None:
+        pytest.skip("no objdump")
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(runtime_path())], capture_output=True, text=True,
+                          check=True).stdout
+    funcs = {m.group(1): m.group(2) for m in re.finditer(r"<([\w.]+)>:\n(.*?)(?=\n\n|\Z)", text, re.S)}
+
+    def body(suffix):
+        return "\n".join(b for name, b in funcs.items() if name.split(".")[0].endswith(suffix))
+
+    if "avxvnni" in "".join(funcs):                  # built with native VNNI (else QC_NO_NATIVE_VNNI)
+        assert re.search(r"\{vex\} vpdpbusd .*ymm", body("_dyn_avxvnni"))
+        evex = [ln for ln in body("_dyn_avx512vnni").splitlines() if "vpdpbusd" in ln]
+        assert evex and all("ymm" in ln and "{vex}" not in ln for ln in evex)
+    for suffix in ("_dyn_avx2", "_dyn_vnni_emu", "_dyn_scalar"):
+        assert body(suffix) and "vpdpbusd" not in body(suffix), suffix
+    assert "vpmaddwd" in body("_dyn_avx2") and "vpmaddwd" in body("_dyn_vnni_emu")
+    dyn = "\n".join(b for name, b in funcs.items() if "_dyn_" in name or name.startswith("qc_dyn"))
+    assert dyn and "vpmaddubsw" not in dyn
 
 
 def test_runtime_is_built_without_fma_contraction():
