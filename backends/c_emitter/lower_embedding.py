@@ -27,11 +27,7 @@ def is_index_input(node) -> bool:
 
 def index_rows(node) -> int:
     """The fewest rows of the tables indexed by ``node``: valid indices are below it."""
-    return min(_table_rows(_is_embedding(u)) for u in node.users if _is_embedding(u))
-
-
-def _table_rows(mod) -> int:
-    return int(mod.codes.shape[0]) if isinstance(mod, QWeightOnlyEmbedding) else mod.num_embeddings
+    return min(_is_embedding(u).num_embeddings for u in node.users if _is_embedding(u))
 
 
 def _is_embedding(node):

@@ -208,9 +208,13 @@ class QWeightOnlyEmbedding(IntegerOp):
         return QuantizedWeight(self.codes, self.scales, self.zero_points, self.dtype, self.group_size,
                                self.embedding_dim)
 
+    @property
+    def num_embeddings(self) -> int:
+        return int(self.codes.shape[0])
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         from .embedding_ops import check_indices
-        check_indices(ids, int(self.codes.shape[0]), f"{self.source_layer} (Embedding)")
+        check_indices(ids, self.num_embeddings, f"{self.source_layer} (Embedding)")
         return self.qweight.dequantize()[ids]
 
     def _float_op(self, ids):
