@@ -247,13 +247,14 @@ def test_disassembly_of_the_tiles():
     assert "vpmaddwd" in body("_dyn_avx2") and "vpmaddwd" in body("_dyn_vnni_emu")
     dyn = "\n".join(b for name, b in funcs.items() if "_dyn_" in name or name.startswith("qc_dyn"))
     assert dyn and "vpmaddubsw" not in dyn
+    assert "vfmadd" not in dyn and "vfnmadd" not in dyn, "a contracted multiply-add in the float epilogue"
 
 
 def test_runtime_is_built_without_fma_contraction():
-    """y = f32(acc)·scale + bias is an FMA pattern: the runtime's flags must keep the roundings apart
-    (the bit-exact tests with a bias would catch a contraction too)."""
-    for variant in ("scalar", "avx2"):
-        assert "-ffp-contract=off" in X86Backend().runtime_flags(variant)
+    """y = f32(acc)·scale + bias is an FMA pattern: the runtime's flags keep the roundings apart
+    (the disassembly test finds no FMA in the kernel; the bit-exact tests with a bias would fail)."""
+    for isa in ("scalar", "avx2", "avxvnni", "avx512vnni"):
+        assert "-ffp-contract=off" in runtime_library.runtime_flags(isa)
 
 
 # -- whole models --------------------------------------------------------------------------
