@@ -294,6 +294,28 @@ def test_one_linear_is_one_native_program_on_1_and_3_threads(per_token, symmetri
         assert torch.equal(compiled(x), ref)
 
 
+def test_chained_layers_read_the_float_value_in_the_arena():
+    """Two dynamic layers in a row: one native program, the second reading the first's float
+    output where the program keeps it (then both outputs leave)."""
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(20, 30), nn.Linear(30, 10)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h), h
+
+    torch.manual_seed(7)
+    x = torch.randn(6, 20)
+    model = Two()
+    qm = quantize_dynamic(model, x, per_token=False, symmetric=False)
+    compiled = qcompiler.compile(qm, target="x86", pytorch_fallback=False)
+    assert isinstance(compiled, NativeModel)
+    for got, ref in zip(compiled(x), qm(x)):
+        assert torch.equal(got, ref)
+
+
 @pytest.mark.parametrize("features", ["", "avx2,fma"])
 def test_forced_isa_paths(features, monkeypatch):
     """The scalar kernel in the baseline runtime, the AVX2 one in the AVX2 runtime: the same bytes."""
