@@ -50,7 +50,9 @@ _DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "float32": torch.float32, "
 _MODEL_ERRORS = {-1: "a required pointer is NULL", -2: "weights do not match this model (size or digest)",
                  -3: "model not initialized", -4: "out of memory", -5: "a buffer or the arena has the wrong size",
                  -6: "an index input is outside its embedding table",
-                 -7: "an input holds NaN or an infinity"}
+                 -7: "an input holds NaN or an infinity",
+                 -8: "a row that dynamic quantization measures spans more than float32's range (its max − min "
+                     "overflows): no finite scale covers it"}
 #: qc_model_run's code for a non-finite input (the caller then names which one)
 _ERR_NONFINITE = -7
 BUNDLE_FORMAT = 2
@@ -378,7 +380,8 @@ class NativeModel(torch.nn.Module):
         code = self.native.run(xs, outs, return_int, arena_ptr, arena_bytes, threads)
         if code == _ERR_NONFINITE:
             bad = next((i for i, x in enumerate(xs) if x.is_floating_point() and not bool(torch.isfinite(x).all())), None)
-            raise ValueError(f"input {bad} holds NaN or an infinity: no integer stands for them, so the quantized model "
+            where = f"input {bad}" if bad is not None else "a value computed inside the model (the inputs are finite)"
+            raise ValueError(f"{where} holds NaN or an infinity: no integer stands for them, so the quantized model "
                              "refuses them (the float model would propagate them); check the data or the op that "
                              "produced it")
         if code != 0:

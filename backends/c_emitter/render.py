@@ -64,7 +64,8 @@ def render(program: Program, headers: list[str], header_comment: str) -> str:
 
 #define QC_MODEL_EXPORT __attribute__((visibility("default")))
 enum {{ QC_MODEL_ERR_NULL = -1, QC_MODEL_ERR_WEIGHTS = -2, QC_MODEL_ERR_UNINIT = -3, QC_MODEL_ERR_NOMEM = -4,
-       QC_MODEL_ERR_SIZE = -5, QC_MODEL_ERR_INDEX = -6, QC_MODEL_ERR_NONFINITE = -7 }};
+       QC_MODEL_ERR_SIZE = -5, QC_MODEL_ERR_INDEX = -6, QC_MODEL_ERR_NONFINITE = -7,
+       QC_MODEL_ERR_RANGE = -8 }};
 
 #define QC_WEIGHTS_BYTES INT64_C({len(program.weights)})
 #define QC_ARENA_BYTES INT64_C({program.plan.arena_bytes})

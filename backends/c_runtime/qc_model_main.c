@@ -56,6 +56,7 @@ static const char *qc_code_text(int code)
     case -5: return "a buffer or the arena has the wrong size";
     case -6: return "an index input is outside its embedding table";
     case -7: return "an input holds NaN or an infinity";
+    case -8: return "a row that dynamic quantization measures spans more than float32's range";
     default: return code > 0 ? qc_rt_gemm_strerror(code) : "unknown error";
     }
 }

@@ -93,6 +93,7 @@ def emit_call(kernel: Kernel, em, *, x: str, m: int, y: str, weight: torch.Tenso
              f"{'NULL' if b is None else em.weight(b, 'float')}, {int(per_token)}, {int(symmetric)}, {y}, "
              f"QC_BUF({scratch.ident}), {nbytes}, {threads});",
              "if (rc == QC_RT_ERR_NONFINITE) return QC_MODEL_ERR_NONFINITE;",
+             "if (rc == QC_RT_ERR_DYNAMIC_RANGE) return QC_MODEL_ERR_RANGE;",
              "if (rc) return rc;"]
     return lines, [scratch]
 
