@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from qcompiler.core.dynamic_ops import QDynamicLinear
 from qcompiler.core.graph_utils import finalize, set_module
+from qcompiler.core.integer_ops import AccumulatorOverflowError
 from qcompiler.core.meta import GraphState, graph_info, node_info
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 from qcompiler.core.provenance import layer_name
@@ -98,12 +99,15 @@ class QuantizeWeights(Pass):
             if cfg is None or cfg.method == "static" or (isinstance(mod, nn.Embedding) and cfg.method != "weight_only"):
                 continue                # an embedding is a copy: only weight-only storage changes it
             reason = why_not(mod, cfg, ctx.capabilities.ops)
+            try:
+                op = None if reason else _BUILDERS[cfg.method](mod, cfg, layer)
+            except AccumulatorOverflowError as exc:       # too deep for int32 with dynamic activations
+                reason = str(exc)
             if reason:
                 node_info(node).float_reason = reason
                 ginfo.note(f"{layer} ({type(mod).__name__}) left in float: {reason}")
                 changes["left_in_float"] += 1
                 continue
-            op = _BUILDERS[cfg.method](mod, cfg, layer)
             op.float_weight = mod.weight.detach()
             op.float_bias = None if getattr(mod, "bias", None) is None else mod.bias.detach()
             set_module(gm, node.target, op)

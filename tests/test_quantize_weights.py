@@ -181,12 +181,11 @@ def test_group_size_that_does_not_divide_k_leaves_that_layer_float():
     assert qm.pipeline_result.record("quantize_weights").changes["left_in_float"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="reported to the lead: quantize_weights builds QDynamicLinear for any K, "
-                                       "whose int32 check raises inside the pass (PassError) instead of "
-                                       "leaving the layer float with its reason, as static int8 does")
 def test_linear_too_deep_for_dynamic_int32_stays_float():
-    qm = quantize(nn.Sequential(nn.Linear(70_000, 2)), torch.randn(1, 70_000), QConfig.dynamic(symmetric=False))
+    model = nn.Sequential(nn.Linear(70_000, 2), nn.Linear(2, 2))
+    qm = quantize(model, torch.randn(1, 70_000), QConfig.dynamic(symmetric=False))
     assert type(qm.graph_module.get_submodule("0")) is nn.Linear
+    assert type(qm.graph_module.get_submodule("1")) is QDynamicLinear
     assert "K=70000" in str(qm.report())
 
 
