@@ -237,3 +237,13 @@ def test_readme_transformer_methods_block_runs_as_written():
     assert isinstance(mods["encoder.layer.0.output.dense"], QWeightOnlyLinear)
     assert type(mods["encoder.layer.5.intermediate.dense"]) is nn.Linear
     assert isinstance(mods["encoder.layer.0.attention.self.query"], QDynamicLinear)
+
+
+def test_report_counts_dynamic_macs_as_integer_and_weight_only_as_float():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(3, 8)
+    macs = 3 * (8 * 16 + 16 * 4)
+    dyn = quantize(model, x, QConfig.dynamic()).report()
+    assert (dyn.integer_macs, dyn.total_macs) == (macs, macs)
+    wo = quantize(model, x, QConfig.weight_only("int8", None)).report()
+    assert (wo.integer_macs, wo.total_macs) == (0, macs)

@@ -97,6 +97,10 @@ class QDynamicLinear(IntegerOp):
         self.symmetric = symmetric
 
     @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
     def weight_scales(self) -> torch.Tensor:
         """s_w per output channel, float32 [N]."""
         return self.weight_qparams.scale.reshape(-1).expand(self.weight.shape[0]).contiguous()

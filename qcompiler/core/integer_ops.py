@@ -158,6 +158,8 @@ class IntegerOp(nn.Module):
     """Common attributes: what the op is, where it came from, its qparams."""
 
     op_name: str = ""
+    #: does its arithmetic in integers (False: weight-only and half-precision ops compute in float)
+    integer_arithmetic: bool = True
 
     def __init__(self, input_qparams: Sequence[QParams], output_qparams: Optional[QParams],
                  source_layer: str = ""):

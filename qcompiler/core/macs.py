@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 _MATMULS = (torch.matmul, torch.bmm, operator.matmul, F.linear)
 _RECURRENT_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
+#: the float-in float-out linear ops of issue 12 (core/dynamic_ops.py, core/weight_only_ops.py)
+_FLOAT_IN_LINEARS = ("dynamic_linear", "weight_only_linear", "half_linear")
 
 
 def node_macs(node: fx.Node, mod, values: dict) -> int:
@@ -27,6 +29,8 @@ def node_macs(node: fx.Node, mod, values: dict) -> int:
     if getattr(mod, "op_name", "") == "matmul" or (node.op == "call_function" and node.target in _MATMULS):
         a = values.get(node.args[0].name) if isinstance(node.args[0], fx.Node) else None
         return out.numel() * a.shape[-1] if isinstance(a, torch.Tensor) and a.dim() else 0
+    if getattr(mod, "op_name", "") in _FLOAT_IN_LINEARS:
+        return out.numel() * mod.in_features
     gates = next((g for cls, g in _RECURRENT_GATES.items() if isinstance(mod, cls)), 0)
     if gates:
         x = values.get(node.args[0].name) if isinstance(node.args[0], fx.Node) else None

@@ -110,7 +110,7 @@ def build_report(gm: fx.GraphModule, sample_inputs: Optional[tuple]) -> QuantRep
             mod = gm.get_submodule(node.target) if node.op == "call_module" else None
             macs = node_macs(node, mod, values)
             report.total_macs += macs
-            report.integer_macs += macs if isinstance(mod, IntegerOp) else 0
+            report.integer_macs += macs if isinstance(mod, IntegerOp) and mod.integer_arithmetic else 0
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue

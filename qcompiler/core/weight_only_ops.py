@@ -206,6 +206,7 @@ class QWeightOnlyLinear(IntegerOp):
     """y = x · ŵᵀ + b with ŵ the dequantized int8/int4/NF4 weight (module docstring)."""
 
     op_name = "weight_only_linear"
+    integer_arithmetic = False
 
     def __init__(self, qweight: QuantizedWeight, bias: Optional[torch.Tensor], compute: str = "float32",
                  source_layer: str = ""):
@@ -247,6 +248,7 @@ class QWeightOnlyEmbedding(IntegerOp):
     """y[..., :] = ŵ[ids[...], :]: rows of the dequantized table (exact: a copy of ŵ)."""
 
     op_name = "weight_only_embedding"
+    integer_arithmetic = False
 
     def __init__(self, qweight: QuantizedWeight, source_layer: str = ""):
         super().__init__([], None, source_layer)
@@ -282,6 +284,7 @@ class QHalfLinear(IntegerOp):
     float32 (8 + 8 or 11 + 11 significant bits), so only the accumulation rounds."""
 
     op_name = "half_linear"
+    integer_arithmetic = False
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], source_layer: str = ""):
         super().__init__([], None, source_layer)
@@ -289,6 +292,10 @@ class QHalfLinear(IntegerOp):
             raise ValueError(f"{source_layer}: half-precision weights are bfloat16 or float16, got {weight.dtype}")
         self.register_buffer("weight", weight)
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32))
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
 
     @property
     def half_dtype(self) -> torch.dtype:
