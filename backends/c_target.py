@@ -43,8 +43,7 @@ from .native_model import NativeArtifact, NativeModel
 
 C_RUNTIME_DIR = Path(__file__).resolve().parent / "c_runtime"
 #: the runtime's op families beside qc_runtime.c (header, source), each its own file
-FAMILIES = ("elementwise", "shapes", "transformer", "reduce")
-FAMILIES += ("weight_only",)
+FAMILIES = ("elementwise", "shapes", "transformer", "reduce", "weight_only")
 #: the shared runtime, in translation-unit order, and the headers every model includes
 SHARED_RUNTIME_FILES = (C_RUNTIME_DIR / "qc_runtime.h", C_RUNTIME_DIR / "qc_runtime.c",
                         *(C_RUNTIME_DIR / f"qc_rt_{f}{ext}" for f in FAMILIES for ext in (".h", ".c")))

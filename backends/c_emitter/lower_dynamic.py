@@ -15,12 +15,11 @@ from .program import unsupported
 
 
 def lower_dynamic_linear(em, node, mod: QDynamicLinear) -> None:
-    x = em.float_value(node.args[0], node)
     n, k = mod.weight.shape
-    if k == 0 or n == 0 or not x.shape or x.shape[-1] != k:
-        raise unsupported(node, f"a dynamic linear layer of weight {tuple(mod.weight.shape)} on input {x.shape}")
-    m = x.numel // k
-    y = em.new_float_tensor(em.shape_of(node))
+    if n == 0:
+        raise unsupported(node, "a dynamic linear layer without outputs")
+    x, m = em.float_rows(node, k)
+    y = em.new_float_value(node)
     lines, scratch = em.gemm.emit_dynamic_linear(
         em, x=em.fptr(x), m=m, y=em.fptr(y), weight=mod.weight, weight_scales=mod.weight_scales, bias=mod.bias,
         per_token=mod.per_token, symmetric=mod.symmetric)

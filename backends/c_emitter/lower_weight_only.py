@@ -10,8 +10,6 @@
 """
 from __future__ import annotations
 
-import math
-
 from qcompiler.core.weight_only_ops import (NF4_LEVELS, QHalfLinear, QuantizedWeight, QWeightOnlyEmbedding,
                                             QWeightOnlyLinear)
 
@@ -26,17 +24,9 @@ def wo_format(qw: QuantizedWeight) -> int:
     return WO_FORMATS[(qw.dtype, qw.symmetric)]
 
 
-def _rows(em, node, k: int):
-    """The float input of a linear layer as rows of k values: (its FTensor, the number of rows)."""
-    x = em.float_value(node.args[0], node)
-    if not x.shape or x.shape[-1] != k:
-        raise unsupported(node, f"input of shape {list(x.shape)} for {k} input features")
-    return x, math.prod(x.shape[:-1])
-
-
 def lower_weight_only_linear(em, node, mod: QWeightOnlyLinear) -> None:
-    x, m = _rows(em, node, mod.in_features)
-    out = em.new_float_tensor(em.shape_of(node))
+    x, m = em.float_rows(node, mod.in_features)
+    out = em.new_float_value(node)
     qw = mod.qweight
     lines, scratch = em.gemm.emit_weight_only_linear(em, x=em.fptr(x), m=m, y=em.fptr(out), qweight=qw,
                                                      bias=mod.bias, compute=mod.compute)
@@ -48,8 +38,8 @@ def lower_weight_only_linear(em, node, mod: QWeightOnlyLinear) -> None:
 
 def lower_half_linear(em, node, mod: QHalfLinear) -> None:
     n, k = mod.weight.shape
-    x, m = _rows(em, node, k)
-    out = em.new_float_tensor(em.shape_of(node))
+    x, m = em.float_rows(node, k)
+    out = em.new_float_value(node)
     lines, scratch = em.gemm.emit_half_linear(em, x=em.fptr(x), m=m, y=em.fptr(out), weight=mod.weight,
                                               bias=mod.bias)
     dtype = str(mod.half_dtype).replace("torch.", "")
@@ -64,7 +54,7 @@ def lower_weight_only_embedding(em, node, mod: QWeightOnlyEmbedding) -> None:
         raise unsupported(node, "indices computed inside the graph (only a model input of token ids is read in place)")
     qw = mod.qweight
     rows, dim = int(qw.codes.shape[0]), qw.k
-    out = em.new_float_tensor(em.shape_of(node))
+    out = em.new_float_value(node)
     zps = "NULL" if qw.zero_points is None else em.weight(qw.zero_points.contiguous(), "uint8_t")
     nf4 = em.weight(NF4_LEVELS, "float") if qw.dtype == "nf4" else "NULL"
     em.add_step(f"{mod.source_layer or node.name}: weight-only embedding {rows}x{dim}, {qw.describe()} ({node.name})",

@@ -79,6 +79,7 @@ class Lowering:
             raise ValueError(f"the graph was not legalized for a target (no value recorded for {missing[:3]}); "
                              "compile it through a backend (legalize, then emit)")
         self.shapes = {n.name: n.meta.get(VALUE_KEY) for n in gm.graph.nodes}
+        self.output_slots = _single_outputs(gm)     # node returned exactly once -> its output index
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -109,8 +110,13 @@ class Lowering:
     def scratch(self, nbytes: int) -> Buffer:
         return self.plan.new_buffer(nbytes)
 
-    def new_float_tensor(self, shape) -> FTensor:
-        shape = tuple(int(s) for s in shape)
+    def new_float_value(self, node: fx.Node) -> FTensor:
+        """Where ``node``'s float32 result goes: straight into the caller's output buffer when the
+        node is one output of the program (no copy), else the arena."""
+        shape = self.shape_of(node)
+        slot = self.output_slots.get(node)
+        if slot is not None:
+            return FTensor(shape, c_expr=f"((float *)outputs[{slot}])")
         return FTensor(shape, self.plan.new_buffer(4 * math.prod(shape)))
 
     def float_value(self, node, user: fx.Node) -> FTensor:
@@ -121,6 +127,14 @@ class Lowering:
         if isinstance(node, fx.Node) and node in self.float_values:
             return self.float_values[node]
         raise unsupported(user, f"input {node} is not a float32 tensor of this program")
+
+    def float_rows(self, node: fx.Node, k: int) -> tuple[FTensor, int]:
+        """The float input of a linear layer of ``k`` input features as rows: (its FTensor, the
+        number of rows, the leading dims flattened)."""
+        x = self.float_value(node.args[0], node)
+        if not x.shape or x.shape[-1] != k or k == 0:
+            raise unsupported(node, f"input of shape {list(x.shape)} for {k} input features")
+        return x, math.prod(x.shape[:-1])
 
     def fptr(self, t: FTensor) -> str:
         """A ``float *`` C expression for ``t`` (const for an input)."""
@@ -336,9 +350,12 @@ class Lowering:
         self.tuple_output = isinstance(results, (tuple, list))
 
     def lower_float_output(self, i: int, node: fx.Node) -> None:
-        """A value computed in float32 leaving as it is (as_int does not apply to it)."""
+        """A value computed in float32 leaving as it is (as_int does not apply to it); a copy only
+        when it was not computed in the output buffer already (new_float_value)."""
         t = self.float_values[node]
         self.output_specs.append(IOSpec(node.name, t.shape, "float32", raw=True))
+        if t.c_expr == f"((float *)outputs[{i}])":
+            return
         self.add_step(f"{node.name}: output {i}, float32 {list(t.shape)}",
                       [f"memcpy(outputs[{i}], {self.fptr(t)}, sizeof(float) * (size_t){t.numel});"], reads=[t])
 
@@ -516,6 +533,12 @@ class Lowering:
         layout = "plain"
         self.values[node] = QTensor(shape, layout, x.zp, x.signed, x.qparams, x.buffer)
 
+
+
+def _single_outputs(gm: fx.GraphModule) -> dict:
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    flat = list(out) if isinstance(out, (tuple, list)) else [out]
+    return {n: i for i, n in enumerate(flat) if isinstance(n, fx.Node) and flat.count(n) == 1}
 
 
 def _nchw(shape) -> tuple[int, int, int]:

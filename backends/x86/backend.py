@@ -19,18 +19,13 @@ from qcompiler.core.qconfig import GRANULARITIES, Capabilities
 from .. import cpu
 from ..c_emitter import EMITTED_OPS, SERIAL_BELOW_MACS, GemmLowering, Lowering, RequantArrays
 from ..c_target import CTarget, TargetSettings
-from . import gemm, runtime_library
-from . import weight_only
-from . import dynamic
+from . import dynamic, gemm, runtime_library, weight_only
 from .runtime_library import GLUE_DIR
 
-#: integer ops with a kernel here: every op the shared emitter lowers
-SUPPORTED_OPS = EMITTED_OPS
-#: ... and the weight-only and half-precision linear layers (X86Gemm.emit_weight_only_linear /
-#: emit_half_linear, kernels/qc_x86_weight_only.h): x86 only, the ARM targets have no kernel for them
-SUPPORTED_OPS = SUPPORTED_OPS | {"weight_only_linear", "half_linear"}
-#: ... and the dynamic int8 linear layer (X86Gemm.emit_dynamic_linear, kernels/dynamic_linear.c)
-SUPPORTED_OPS = SUPPORTED_OPS | {"dynamic_linear"}
+#: integer ops with a kernel here: every op the shared emitter lowers, and the float-in float-out
+#: linear layers of issue 12 through X86Gemm's hooks (emit_dynamic_linear: kernels/dynamic_linear.c;
+#: emit_weight_only_linear / emit_half_linear: kernels/qc_x86_weight_only.h), which ARM lacks
+SUPPORTED_OPS = EMITTED_OPS | {"dynamic_linear", "weight_only_linear", "half_linear"}
 
 #: GEMM ISAs, fastest first, with the CPU features (backends/cpu.py names) each needs
 ISA_PREFERENCE = (
@@ -217,7 +212,8 @@ class X86Backend(CTarget):
         return X86Gemm(variant)
 
     def runtime_headers(self) -> list[Path]:
-        return [*super().runtime_headers(), *weight_only.MODEL_HEADERS, GLUE_DIR / "qc_x86_gemm_call.h", GLUE_DIR / "qc_x86_dynamic.h"]
+        return [*super().runtime_headers(), *weight_only.MODEL_HEADERS, GLUE_DIR / "qc_x86_gemm_call.h",
+                GLUE_DIR / "qc_x86_dynamic.h"]
 
     def runtime_source(self, variant: str) -> str:
         return runtime_library.runtime_source(self.runtime_sources(variant))

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from .. import toolchain
 from ..c_target import join_sources
-from . import gemm
-from . import dynamic
+from . import dynamic, gemm
 
 GLUE_DIR = Path(__file__).resolve().parent / "runtime"
 
