@@ -32,6 +32,7 @@ import torch
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [p for p in (os.path.dirname(_HERE), _HERE) if p not in sys.path]
 
+from markdown_section import replace_section  # noqa: E402
 from peers import pytorch_fx_int8, sqnr_db  # noqa: E402
 
 import qcompiler  # noqa: E402
@@ -234,15 +235,7 @@ def write_section(path: str, table: List[str], argv, section: str = SECTION) -> 
             f"- machine: {platform.platform()}, CPU: {cpu}, {os.cpu_count()} logical CPUs, {THREADS} threads per path",
             f"- python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",
             f"- command: `python benchmarks/end_to_end.py {shlex.join(argv if argv is not None else sys.argv[1:])}`", ""]
-    text = open(path).read() if os.path.exists(path) else ""
-    start = text.find(section + "\n")
-    if start < 0:
-        text = text.rstrip() + "\n\n" + "\n".join(body)
-    else:
-        end = text.find("\n## ", start + len(section))
-        text = text[:start] + "\n".join(body) + ("" if end < 0 else text[end:])
-    with open(path, "w") as f:
-        f.write(text)
+    replace_section(path, section, "\n".join(body))
 
 
 if __name__ == "__main__":

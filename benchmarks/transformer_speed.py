@@ -40,6 +40,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [p for p in (os.path.dirname(_HERE), _HERE) if p not in sys.path]
 
 from gemm import cpu_line, time_round_robin, versions_line  # noqa: E402
+from markdown_section import replace_section  # noqa: E402
 
 import qcompiler  # noqa: E402
 from qcompiler.core.qconfig import QConfig  # noqa: E402
@@ -220,15 +221,7 @@ def write_section(path: str, lines: List[str], argv) -> None:
             f"- {versions_line()}",
             f"- command: `python benchmarks/transformer_speed.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
             ""]
-    text = open(path).read() if os.path.exists(path) else ""
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip() + "\n\n" + "\n".join(body)
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + "\n".join(body) + ("" if end < 0 else text[end:])
-    with open(path, "w") as f:
-        f.write(text)
+    replace_section(path, SECTION, "\n".join(body))
 
 
 if __name__ == "__main__":
