@@ -158,14 +158,17 @@ QC_WO_INLINE void qc_wo_avx2_gemv_panels(const qc_wo_job *j, const int64_t p0, c
 #ifndef QC_WO_GEMV_PANELS_P
 #define QC_WO_GEMV_PANELS_P(M) ((M) == 1 ? 4 : (M) <= 4 ? 2 : 1)
 #endif
-#define QC_WO_GEMV_FN(fmt, M)                                                                            \
-    static void qc_wo_avx2_gemv_##fmt##_##M(const qc_wo_job *j, int64_t p0, int64_t p1)                 \
+/* name(j, p0, p1): panels [p0, p1) for M rows, QC_WO_GEMV_PANELS_P(M) at a time through
+ * panels_fn(j, p, M, count, kind) (the GEMV of a weight format, or of a half type) */
+#define QC_WO_PANELS_FN(name, panels_fn, kind, M)                                                        \
+    static void name(const qc_wo_job *j, int64_t p0, int64_t p1)                                         \
     {                                                                                                    \
         int64_t p = p0;                                                                                  \
         for (; p + QC_WO_GEMV_PANELS_P(M) <= p1; p += QC_WO_GEMV_PANELS_P(M))                            \
-            qc_wo_avx2_gemv_panels(j, p, M, QC_WO_GEMV_PANELS_P(M), fmt);                                \
-        for (; p < p1; p++) qc_wo_avx2_gemv_panels(j, p, M, 1, fmt);                                     \
+            panels_fn(j, p, M, QC_WO_GEMV_PANELS_P(M), kind);                                            \
+        for (; p < p1; p++) panels_fn(j, p, M, 1, kind);                                                 \
     }
+#define QC_WO_GEMV_FN(fmt, M) QC_WO_PANELS_FN(qc_wo_avx2_gemv_##fmt##_##M, qc_wo_avx2_gemv_panels, fmt, M)
 #define QC_WO_GEMV_FORMAT(fmt)                                                                           \
     QC_WO_GEMV_FN(fmt, 1) QC_WO_GEMV_FN(fmt, 2) QC_WO_GEMV_FN(fmt, 3) QC_WO_GEMV_FN(fmt, 4)              \
     QC_WO_GEMV_FN(fmt, 5) QC_WO_GEMV_FN(fmt, 6) QC_WO_GEMV_FN(fmt, 7) QC_WO_GEMV_FN(fmt, 8)
@@ -327,14 +330,7 @@ QC_WO_INLINE void qc_wo_avx2_half_gemv_panels(const qc_wo_job *j, const int64_t 
         for (int mm = 0; mm < M; mm++) qc_wo_avx2_store(j, mm, (p0 + p) * QC_WO_NR, acc[mm][p]);
 }
 
-#define QC_WO_HALF_FN(type, M)                                                                           \
-    static void qc_wo_avx2_half_##type##_##M(const qc_wo_job *j, int64_t p0, int64_t p1)                \
-    {                                                                                                    \
-        int64_t p = p0;                                                                                  \
-        for (; p + QC_WO_GEMV_PANELS_P(M) <= p1; p += QC_WO_GEMV_PANELS_P(M))                            \
-            qc_wo_avx2_half_gemv_panels(j, p, M, QC_WO_GEMV_PANELS_P(M), type);                          \
-        for (; p < p1; p++) qc_wo_avx2_half_gemv_panels(j, p, M, 1, type);                               \
-    }
+#define QC_WO_HALF_FN(type, M) QC_WO_PANELS_FN(qc_wo_avx2_half_##type##_##M, qc_wo_avx2_half_gemv_panels, type, M)
 #define QC_WO_HALF_TYPE(type)                                                                            \
     QC_WO_HALF_FN(type, 1) QC_WO_HALF_FN(type, 2) QC_WO_HALF_FN(type, 3) QC_WO_HALF_FN(type, 4)          \
     QC_WO_HALF_FN(type, 5) QC_WO_HALF_FN(type, 6) QC_WO_HALF_FN(type, 7) QC_WO_HALF_FN(type, 8)
