@@ -6,8 +6,12 @@ half become their ops of the extended INTEGER graph, with weights quantized ahea
                  nn.Embedding → QWeightOnlyEmbedding
     half         nn.Linear    → QHalfLinear
 
-These ops take and return float32, so they need no observers or calibration: the static
-passes that follow see float ops and leave them alone. It runs after fold_batchnorm and
+These ops take and return float32, so they need no observers: the static passes that follow
+see float ops and leave them alone. Calibration data is read only for weight-only Linears whose
+config asks for ``weight_rounding="gptq"`` (core/gptq.py): one run of the FLOAT graph over the
+calibration batches, forward pre-hooks summing H = Σ xᵀx of every such Linear's inputs at once
+(float64), before any layer is replaced, so each H is of the float model's activations.
+Embeddings keep nearest rounding (there are no inputs to weigh their rows by). It runs after fold_batchnorm and
 smooth_activations (whose scales it bakes into the weights), before insert_observers. A layer
 the method cannot take (a K that is not a multiple of the group size, a target without the
 op) stays float, with its reason in the report.
@@ -22,14 +26,18 @@ import torch.fx as fx
 import torch.nn as nn
 
 from qcompiler.core.dynamic_ops import QDynamicLinear
+from qcompiler.core.gptq import gptq_quantize
 from qcompiler.core.graph_utils import finalize, set_module
 from qcompiler.core.integer_ops import AccumulatorOverflowError
 from qcompiler.core.meta import GraphState, graph_info, node_info
+from qcompiler.core.observers import CalibrationError
 from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 from qcompiler.core.provenance import layer_name
 from qcompiler.core.qconfig import QConfig
 from qcompiler.core.quantize import qparams_from_range, quantize
 from qcompiler.core.weight_only_ops import QHalfLinear, QuantizedWeight, QWeightOnlyEmbedding, QWeightOnlyLinear
+
+from .calibrate import batch_inputs
 
 #: the op each method turns a Linear into (capability names, core.integer_ops.INTEGER_OPS)
 LINEAR_OPS = {"dynamic": "dynamic_linear", "weight_only": "weight_only_linear", "half": "half_linear"}
@@ -47,9 +55,16 @@ def _dynamic(mod: nn.Linear, cfg: QConfig, layer: str) -> QDynamicLinear:
                           symmetric=act.symmetric, source_layer=layer)
 
 
-def _weight_only(mod: nn.Module, cfg: QConfig, layer: str):
+def _weight_only(mod: nn.Module, cfg: QConfig, layer: str, hessian: Optional[torch.Tensor] = None):
+    """``hessian``: H of the Linear's inputs, for GPTQ rounding; None: nearest rounding."""
     spec = cfg.weight
-    qw = QuantizedWeight.quantize(mod.weight, spec.dtype, spec.group_size, spec.symmetric)
+    if hessian is None:
+        qw = QuantizedWeight.quantize(mod.weight, spec.dtype, spec.group_size, spec.symmetric)
+    else:
+        try:
+            qw = gptq_quantize(mod.weight, hessian, spec.dtype, spec.group_size, spec.symmetric)
+        except ValueError as exc:
+            raise ValueError(f"{layer} (Linear): {exc}") from None
     if isinstance(mod, nn.Embedding):
         return QWeightOnlyEmbedding(qw, source_layer=layer)
     return QWeightOnlyLinear(qw, mod.bias, compute=cfg.compute, source_layer=layer)
@@ -90,6 +105,7 @@ class QuantizeWeights(Pass):
         changes = Counter()
         ginfo = graph_info(gm)
         modules = dict(gm.named_modules())
+        chosen = []                     # (node, module, layer, config, why it stays float or None)
         for node in ctx.nodes(gm):
             mod = modules.get(node.target) if node.op == "call_module" else None
             if type(mod) not in (nn.Linear, nn.Embedding):
@@ -98,9 +114,20 @@ class QuantizeWeights(Pass):
             cfg = ctx.config.for_layer(layer)
             if cfg is None or cfg.method == "static" or (isinstance(mod, nn.Embedding) and cfg.method != "weight_only"):
                 continue                # an embedding is a copy: only weight-only storage changes it
-            reason = why_not(mod, cfg, ctx.capabilities.ops)
+            chosen.append((node, mod, layer, cfg, why_not(mod, cfg, ctx.capabilities.ops)))
+        gptq = {node.target for node, mod, _, cfg, reason in chosen
+                if reason is None and isinstance(mod, nn.Linear) and cfg.method == "weight_only"
+                and cfg.weight_rounding == "gptq"}
+        hessians = input_hessians(gm, ctx, sorted(gptq)) if gptq else {}
+        for node, mod, layer, cfg, reason in chosen:
+            ctx.current_node = node
             try:
-                op = None if reason else _BUILDERS[cfg.method](mod, cfg, layer)
+                if reason:
+                    op = None
+                elif cfg.method == "weight_only":
+                    op = _weight_only(mod, cfg, layer, hessians.get(node.target))
+                else:
+                    op = _BUILDERS[cfg.method](mod, cfg, layer)
             except AccumulatorOverflowError as exc:       # too deep for int32 with dynamic activations
                 reason = str(exc)
             if reason:
@@ -112,4 +139,40 @@ class QuantizeWeights(Pass):
             op.float_bias = None if getattr(mod, "bias", None) is None else mod.bias.detach()
             set_module(gm, node.target, op)
             changes[op.op_name] += 1
+            if node.target in hessians:
+                changes["gptq"] += 1
+        ctx.current_node = None
+        if hessians:
+            ginfo.note(f"quantize_weights: {changes['gptq']} Linear(s) rounded with GPTQ on the calibration data")
         return PassResult(finalize(gm), changes)
+
+
+def input_hessians(gm: fx.GraphModule, ctx: PassContext, targets: list) -> dict:
+    """H = Σ xᵀx (float64, [K, K]) over every input row x of each Linear in ``targets`` (module
+    paths), from one run of the float graph over the calibration batches; every call counts."""
+    data = ctx.calibration_data
+    if data is None:
+        raise CalibrationError("weight_rounding='gptq' needs calibration data: each Linear's inputs weigh "
+                               "its rounding errors")
+    if iter(data) is data:                  # one-shot: keep the batches for calibrate
+        data = ctx.calibration_data = list(data)
+    sums: dict = {}
+
+    def hook(module, args, target):
+        x = args[0].detach().to(torch.float64)
+        x = x.reshape(-1, x.shape[-1])
+        sums[target] = sums[target] + x.t() @ x if target in sums else x.t() @ x
+
+    hooks = [gm.get_submodule(t).register_forward_pre_hook(lambda m, a, t=t: hook(m, a, t)) for t in targets]
+    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    try:
+        with torch.no_grad():
+            for batch in data:
+                gm(*batch_inputs(batch, n_inputs))
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = [t for t in targets if t not in sums]
+    if missing:
+        raise CalibrationError(f"GPTQ: the calibration data never reached {missing[0]} (no batches?)")
+    return sums

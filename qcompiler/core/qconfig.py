@@ -22,6 +22,9 @@ HALF_DTYPES = ("bfloat16", "float16")
 OBSERVERS = ("minmax", "moving_average", "histogram")
 RANGE_METHODS = ("minmax", "percentile", "mse", "entropy")
 REQUANT_MODES = ("fp32", "fixed_point")
+#: how weight-only codes are chosen: each weight to its nearest level, or GPTQ (core/gptq.py: the
+#: rounding errors compensated across a Linear's inputs, weighed by calibration activations)
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 
 def check_alpha(alpha) -> float:
@@ -91,6 +94,8 @@ class QConfig:
     method: str = "static"
     # weight-only: compute in float32, or round inputs and weights to bfloat16 (vdpbf16ps)
     compute: str = "float32"
+    # weight-only: "nearest" (no calibration data needed) or "gptq" (Linears; needs calibration data)
+    weight_rounding: str = "nearest"
     overrides: Mapping[str, Optional["QConfig"]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -100,6 +105,8 @@ class QConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.smoothing is not None:
             check_alpha(self.smoothing)
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(f"unknown weight_rounding {self.weight_rounding!r}; choose one of {WEIGHT_ROUNDINGS}")
         check_method(self)
 
     def for_layer(self, path: str) -> Optional["QConfig"]:
@@ -163,12 +170,14 @@ class QConfig:
 
     @classmethod
     def weight_only(cls, dtype: str = "int4", group_size: Optional[int] = 32, symmetric: bool = True,
-                    compute: str = "float32") -> "QConfig":
+                    compute: str = "float32", rounding: str = "nearest") -> "QConfig":
         """Weight-only int8/int4/NF4 for Linear and Embedding layers, per group of ``group_size``
-        along K (None: per channel); activations stay float."""
+        along K (None: per channel); activations stay float. ``rounding="gptq"``: the Linears'
+        codes chosen by GPTQ on the calibration data (embeddings keep nearest rounding)."""
         spec = TensorSpec(dtype, symmetric=symmetric, granularity="per_group" if group_size else "per_channel",
                           group_size=group_size)
-        return cls(method="weight_only", weight=spec, compute=compute, bias_correction=False)
+        return cls(method="weight_only", weight=spec, compute=compute, bias_correction=False,
+                   weight_rounding=rounding)
 
     @classmethod
     def half(cls, dtype: str = "bfloat16") -> "QConfig":
@@ -180,6 +189,9 @@ class QConfig:
 def check_method(cfg: QConfig) -> None:
     """What each method accepts (a mistake is reported here, not as odd numbers later)."""
     act, w = cfg.activation, cfg.weight
+    if cfg.weight_rounding != "nearest" and cfg.method != "weight_only":
+        raise ValueError(f"weight_rounding={cfg.weight_rounding!r} is for method='weight_only' "
+                         f"(QConfig.weight_only(rounding=...)), not {cfg.method!r}")
     if cfg.method == "static":
         if act.granularity != "per_tensor":
             raise ValueError("static activations are quantized per tensor (per_token is for method='dynamic')")

@@ -70,24 +70,24 @@ class QuantizedWeight:
     def quantize(cls, weight: torch.Tensor, dtype: str, group_size: Optional[int], symmetric: bool = True):
         """Round a float weight to ``dtype`` with one scale per ``group_size`` values along K (None: per
         channel). Scales are float32; codes are the nearest level for their scale (ties to even); a
-        4-bit group's scale is the one of SHRINK_FACTORS with the least squared error (_fit_groups)."""
-        if dtype not in WEIGHT_ONLY_DTYPES:
-            raise ValueError(f"weight-only dtype must be one of {WEIGHT_ONLY_DTYPES}, got {dtype!r}")
-        if not symmetric and dtype != "int4":
-            raise ValueError(f"asymmetric weight-only quantization is offered for int4 only, not {dtype}")
+        4-bit group's scale is the one of SHRINK_FACTORS with the least squared error (fit_groups)."""
         w = weight.detach().to(torch.float32)
         n, k = w.shape
-        g = k if group_size is None else group_size
-        if k % g or (dtype != "int8" and k % 2):
-            raise ValueError(f"K={k} is not a multiple of the group size {g}" if k % g
-                             else f"K={k} is odd: 4-bit codes are packed two per byte")
-        scales, zps, codes = _fit_groups(w.reshape(n, k // g, g), dtype, symmetric)
-        if dtype == "int4" and symmetric:
+        g = check_format(dtype, symmetric, k, group_size)
+        scales, zps, codes = fit_groups(w.reshape(n, k // g, g), dtype, symmetric)
+        return cls.from_codes(codes.reshape(n, k), scales, zps, dtype, g)
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor],
+                   dtype: str, group_size: int):
+        """The stored form of [N, K] codes as group_codes gives them (signed values for int8 and
+        symmetric int4, nibbles otherwise), with their groups' scales [N, K/G] and zero points."""
+        n, k = codes.shape
+        if dtype == "int4" and zero_points is None:
             codes = codes + INT4_SYMMETRIC_ZERO
-        codes = codes.reshape(n, k)
         stored = codes.to(torch.int8) if dtype == "int8" else pack_nibbles(codes)
-        return cls(stored, scales.contiguous(), None if zps is None else zps.to(torch.uint8).contiguous(),
-                   dtype, g, k)
+        zps = None if zero_points is None else zero_points.to(torch.uint8).contiguous()
+        return cls(stored, scales.to(torch.float32).contiguous(), zps, dtype, group_size, k)
 
     @property
     def symmetric(self) -> bool:
@@ -113,6 +113,19 @@ class QuantizedWeight:
         return f"{self.dtype}{sym}, {groups}"
 
 
+def check_format(dtype: str, symmetric: bool, k: int, group_size: Optional[int]) -> int:
+    """The group size along K (``group_size``, or K for None: per channel) of a valid format."""
+    if dtype not in WEIGHT_ONLY_DTYPES:
+        raise ValueError(f"weight-only dtype must be one of {WEIGHT_ONLY_DTYPES}, got {dtype!r}")
+    if not symmetric and dtype != "int4":
+        raise ValueError(f"asymmetric weight-only quantization is offered for int4 only, not {dtype}")
+    g = k if group_size is None else group_size
+    if k % g or (dtype != "int8" and k % 2):
+        raise ValueError(f"K={k} is not a multiple of the group size {g}" if k % g
+                         else f"K={k} is odd: 4-bit codes are packed two per byte")
+    return g
+
+
 #: a 4-bit group's range is tried at these fractions of its full extent, and the scale with the least
 #: squared reconstruction error kept (ties: the larger). 15 or 16 levels leave steps wide enough that
 #: clipping a group's one or two extremes often buys more for the rest than it costs them: on
@@ -124,7 +137,7 @@ SHRINK_FACTORS = tuple(1.0 - 0.02 * i for i in range(11))
 _NF4_MIDPOINTS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
 
 
-def _fit_groups(wg: torch.Tensor, dtype: str, symmetric: bool):
+def fit_groups(wg: torch.Tensor, dtype: str, symmetric: bool):
     """(scales [N, G], zero points [N, G] or None, codes [N, G, g]) of the groups of ``wg`` [N, G, g]:
     for each shrink factor, every group's scale (and zero point) from its shrunk range and its
     nearest codes; kept per group where the squared error of ŵ (computed as dequantize does) is
@@ -132,8 +145,8 @@ def _fit_groups(wg: torch.Tensor, dtype: str, symmetric: bool):
     w64, best = wg.to(torch.float64), None
     for f in (SHRINK_FACTORS if dtype != "int8" else (1.0,)):
         scales, zps = _group_params(wg, dtype, symmetric, f)
-        codes = _group_codes(wg, dtype, scales, zps)
-        err = ((w64 - _group_dequantized(codes, dtype, scales, zps).to(torch.float64)) ** 2).sum(dim=2)
+        codes = group_codes(wg, dtype, scales, zps)
+        err = ((w64 - group_dequantized(codes, dtype, scales, zps).to(torch.float64)) ** 2).sum(dim=2)
         if best is None:
             best = [err, scales, zps, codes]
             continue
@@ -157,7 +170,7 @@ def _group_params(wg: torch.Tensor, dtype: str, symmetric: bool, f: float):
     return scales, torch.clamp(torch.round(-lo / _nonzero(scales)), 0, 15).to(torch.int64)
 
 
-def _group_codes(wg: torch.Tensor, dtype: str, scales: torch.Tensor, zps: Optional[torch.Tensor]) -> torch.Tensor:
+def group_codes(wg: torch.Tensor, dtype: str, scales: torch.Tensor, zps: Optional[torch.Tensor]) -> torch.Tensor:
     """The code nearest each value for its group's scale (and zero point), clamped to the format."""
     unit = wg / _nonzero(scales)[..., None]
     if dtype == "nf4":
@@ -168,9 +181,9 @@ def _group_codes(wg: torch.Tensor, dtype: str, scales: torch.Tensor, zps: Option
     return torch.clamp(torch.round(unit) + zps[..., None], 0, 15).to(torch.int64)
 
 
-def _group_dequantized(codes: torch.Tensor, dtype: str, scales: torch.Tensor,
+def group_dequantized(codes: torch.Tensor, dtype: str, scales: torch.Tensor,
                        zps: Optional[torch.Tensor]) -> torch.Tensor:
-    """ŵ of _group_codes' codes, the float32 operations of dequantize()."""
+    """ŵ of group_codes' codes, the float32 operations of dequantize()."""
     if dtype == "nf4":
         values = NF4_LEVELS[codes]
     else:
