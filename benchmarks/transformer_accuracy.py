@@ -62,6 +62,10 @@ def method_configs(alphas: list) -> list:
     for label, dtype, sym in WEIGHT_FORMATS:
         for g in GROUPS:
             rows.append(("weight_only", f"weight-only {label} g{g}", QConfig.weight_only(dtype, g, sym), "reference"))
+    for label, dtype, sym in WEIGHT_FORMATS:      # GPTQ rounding, on the static rows' calibration batches
+        for g in GROUPS:
+            rows.append(("gptq", f"weight-only {label} g{g} gptq",
+                         QConfig.weight_only(dtype, g, sym, rounding="gptq"), "reference"))
     rows += [("half", f"half {d}", QConfig.half(d), "reference") for d in ("bfloat16", "float16")]
     return rows
 
@@ -164,7 +168,8 @@ def minilm(args) -> None:
     ref = pooled(run_in_batches(model, ids), mask)
     nn_ref = nearest_neighbours(ref)
 
-    print(f"\n## all-MiniLM-L6-v2: {len(ids)} sentences, {sum(len(b) for b in calib)} to calibrate the static rows")
+    print(f"\n## all-MiniLM-L6-v2: {len(ids)} sentences, {sum(len(b) for b in calib)} to calibrate the static "
+          "and GPTQ rows")
     print(f"{'config':<38}{'mean cos':>10}{'min cos':>10}{'NN agree':>10}{'Linears':>10}")
 
     def row(name: str, fn) -> None:
@@ -205,7 +210,7 @@ def vit(args) -> None:
     ref_top1 = ref.argmax(-1)
 
     print(f"\n## ViT-tiny (DeiT-Tiny shape, random init, seed 0): {len(images)} synthetic images, "
-          f"{sum(len(b) for b in calib)} to calibrate the static rows")
+          f"{sum(len(b) for b in calib)} to calibrate the static and GPTQ rows")
     print(f"{'config':<38}{'mean cos':>10}{'min cos':>10}{'SQNR dB':>10}{'top-1 agree':>12}{'Linears':>10}")
 
     def row(name: str, fn) -> None:
@@ -243,7 +248,7 @@ def main(argv=None) -> None:
                     help="also: where int4 g32 loses on MiniLM, over the first N sentences")
     ap.add_argument("--models", nargs="*", default=["minilm", "vit"], choices=["minilm", "vit"])
     ap.add_argument("--only", nargs="*", default=None,
-                    choices=["static", "dynamic", "weight_only", "half", "peers", "weights"],
+                    choices=["static", "dynamic", "weight_only", "gptq", "half", "peers", "weights"],
                     help="run only these groups of rows (none: --only with no group)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)

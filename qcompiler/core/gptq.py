@@ -98,8 +98,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, dtype: str, group
 def _inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
     """U upper triangular with UᵀU = H⁻¹, for a symmetric positive definite H (float64)."""
     lower, info = torch.linalg.cholesky_ex(h)
-    if int(info) == 0:
-        upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+    if int(info) == 0:                      # H⁻¹ = L⁻ᵀL⁻¹ (two triangular solves beat cholesky_inverse)
+        lower_inv = torch.linalg.solve_triangular(lower, torch.eye(len(h), dtype=h.dtype), upper=False)
+        upper, info = torch.linalg.cholesky_ex(lower_inv.t() @ lower_inv, upper=True)
     if int(info) != 0:
         raise ValueError("GPTQ: the inputs' Hessian XᵀX is not positive definite (collinear or too few "
                          "calibration inputs); use damp > 0 or more calibration data")
