@@ -30,6 +30,29 @@ def batch_inputs(batch, n_inputs: int) -> tuple:
     return batch[:n_inputs]
 
 
+def feed_layer_inputs(gm: fx.GraphModule, ctx: PassContext, readers: list, why: str) -> None:
+    """Run the graph over the calibration batches once; for each ``(path, fn)`` of ``readers``,
+    ``fn(x)`` gets the first input of the module at ``path`` at every call (forward pre-hooks).
+    How a pass that runs before the observers (smooth_activations, GPTQ in quantize_weights)
+    measures layer inputs. A one-shot iterator is kept as a list, so ``calibrate`` still sees
+    every batch."""
+    data = ctx.calibration_data
+    if data is None:
+        raise CalibrationError(f"{why} needs calibration data")
+    if iter(data) is data:
+        data = ctx.calibration_data = list(data)
+    hooks = [gm.get_submodule(path).register_forward_pre_hook(lambda m, args, f=fn: f(args[0].detach()))
+             for path, fn in readers]
+    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    try:
+        with torch.no_grad():
+            for batch in data:
+                gm(*batch_inputs(batch, n_inputs))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 class Calibrate(Pass):
     name = "calibrate"
     requires = frozenset({GraphState.OBSERVED})

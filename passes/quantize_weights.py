@@ -37,7 +37,7 @@ from qcompiler.core.qconfig import QConfig
 from qcompiler.core.quantize import qparams_from_range, quantize
 from qcompiler.core.weight_only_ops import QHalfLinear, QuantizedWeight, QWeightOnlyEmbedding, QWeightOnlyLinear
 
-from .calibrate import batch_inputs
+from .calibrate import feed_layer_inputs
 
 #: the op each method turns a Linear into (capability names, core.integer_ops.INTEGER_OPS)
 LINEAR_OPS = {"dynamic": "dynamic_linear", "weight_only": "weight_only_linear", "half": "half_linear"}
@@ -150,28 +150,16 @@ class QuantizeWeights(Pass):
 def input_hessians(gm: fx.GraphModule, ctx: PassContext, targets: list) -> dict:
     """H = Σ xᵀx (float64, [K, K]) over every input row x of each Linear in ``targets`` (module
     paths), from one run of the float graph over the calibration batches; every call counts."""
-    data = ctx.calibration_data
-    if data is None:
-        raise CalibrationError("weight_rounding='gptq' needs calibration data: each Linear's inputs weigh "
-                               "its rounding errors")
-    if iter(data) is data:                  # one-shot: keep the batches for calibrate
-        data = ctx.calibration_data = list(data)
     sums: dict = {}
 
-    def hook(module, args, target):
-        x = args[0].detach().to(torch.float64)
-        x = x.reshape(-1, x.shape[-1])
-        sums[target] = sums[target] + x.t() @ x if target in sums else x.t() @ x
+    def reader(target):
+        def add(x):
+            x = x.to(torch.float64).reshape(-1, x.shape[-1])
+            sums[target] = sums[target] + x.t() @ x if target in sums else x.t() @ x
+        return add
 
-    hooks = [gm.get_submodule(t).register_forward_pre_hook(lambda m, a, t=t: hook(m, a, t)) for t in targets]
-    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    try:
-        with torch.no_grad():
-            for batch in data:
-                gm(*batch_inputs(batch, n_inputs))
-    finally:
-        for h in hooks:
-            h.remove()
+    feed_layer_inputs(gm, ctx, [(t, reader(t)) for t in targets],
+                      "weight_rounding='gptq' (each Linear's inputs weigh its rounding errors)")
     missing = [t for t in targets if t not in sums]
     if missing:
         raise CalibrationError(f"GPTQ: the calibration data never reached {missing[0]} (no batches?)")

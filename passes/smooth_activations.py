@@ -43,7 +43,7 @@ from qcompiler.core.pass_manager import Pass, PassContext, PassResult
 from qcompiler.core.provenance import layer_name
 from qcompiler.core.qconfig import check_alpha
 
-from .calibrate import batch_inputs
+from .calibrate import feed_layer_inputs
 
 #: s = 2^e with |e| <= this: away from 0 and inf, and far from float32's subnormals
 MAX_EXPONENT = 24
@@ -156,27 +156,16 @@ def _refusal(producer: fx.Node, consumers: list, modules: dict, gm: fx.GraphModu
 
 def _input_abs_max(gm: fx.GraphModule, ctx: PassContext, readers: list) -> list:
     """Per input channel max|X| of each reader Linear, over the calibration batches (float)."""
-    data = ctx.calibration_data
-    if data is None:
-        raise CalibrationError("smooth_activations needs calibration data to measure activations")
-    if iter(data) is data:                  # one-shot: keep the batches for calibrate
-        data = ctx.calibration_data = list(data)
     stats: list = [None] * len(readers)
-    hooks = []
-    for i, node in enumerate(readers):
-        def hook(module, args, i=i):
-            x = args[0].detach()
+
+    def reader(i):
+        def update(x):
             m = x.abs().reshape(-1, x.shape[-1]).amax(0)
             stats[i] = m if stats[i] is None else torch.maximum(stats[i], m)
-        hooks.append(gm.get_submodule(node.target).register_forward_pre_hook(hook))
-    n_inputs = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    try:
-        with torch.no_grad():
-            for batch in data:
-                gm(*batch_inputs(batch, n_inputs))
-    finally:
-        for h in hooks:
-            h.remove()
+        return update
+
+    feed_layer_inputs(gm, ctx, [(node.target, reader(i)) for i, node in enumerate(readers)],
+                      "smooth_activations (to measure activations)")
     if any(s is None for s in stats):
         raise CalibrationError("smooth_activations: the calibration data yielded no batches")
     return stats
